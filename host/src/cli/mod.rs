@@ -1,1 +1,46 @@
-pub fn main() -> std::process::ExitCode { std::process::ExitCode::SUCCESS }
+//! The `pipehost` command line. Each subcommand lives in its own file; this one only parses
+//! arguments and turns errors into one-line messages and exit codes.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod plugin;
+
+/// Serve a local LLM with programmable, sandboxed output pipelines.
+#[derive(Debug, Parser)]
+#[command(name = "pipehost", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run, scaffold and inspect WebAssembly plugins.
+    #[command(subcommand)]
+    Plugin(plugin::PluginCommand),
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    init_logging();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Plugin(cmd) => plugin::run(cmd),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            // One line: the chain of causes, outermost first.
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("PIPEHOST_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}

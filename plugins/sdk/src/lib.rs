@@ -224,7 +224,11 @@ pub mod testing {
     }
 
     /// Asserts the streaming contract: for the given chunking, stream output == `process`.
-    pub fn assert_stream_matches_whole<P: PostProcessor>(text: &str, config_json: &str, chunk_chars: &[usize]) {
+    pub fn assert_stream_matches_whole<P: PostProcessor>(
+        text: &str,
+        config_json: &str,
+        chunk_chars: &[usize],
+    ) {
         let config = P::config(config_json).expect("config");
         let whole = P::process(text, &config, &Context::default()).expect("process");
         let (streamed, _) = run_stream::<P>(text, config_json, chunk_chars).expect("stream");

@@ -70,7 +70,11 @@ impl<P: PostProcessor> pp::Guest for PostProcessorExport<P> {
         P::config(&config).map(|_| ()).map_err(Into::into)
     }
 
-    fn process(text: String, ctx: pp_types::Context, config: String) -> Result<String, pp_types::PluginError> {
+    fn process(
+        text: String,
+        ctx: pp_types::Context,
+        config: String,
+    ) -> Result<String, pp_types::PluginError> {
         let config = P::config(&config)?;
         Ok(P::process(&text, &config, &ctx.into())?)
     }
