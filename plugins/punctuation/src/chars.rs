@@ -1,6 +1,6 @@
-//! Character classes. Written here because the SDK's `text` module (`is_cjk`) was not
-//! committed yet; these are deliberately narrower than a general `is_cjk`: Hangul is left out,
-//! since Korean uses half-width punctuation and spaces between words.
+//! Character classes. Kept here rather than using the SDK's `text::is_cjk`, which also counts
+//! Hangul: Korean uses half-width punctuation and spaces between words, so it must not make a
+//! sentence "Chinese context" or get CJK-Latin spacing.
 
 /// Han ideographs, kana and Bopomofo: scripts whose punctuation is full-width.
 pub fn is_cjk(c: char) -> bool {

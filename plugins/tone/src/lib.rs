@@ -138,8 +138,8 @@ fn is_word_char(c: char) -> bool {
     (c.is_alphanumeric() || c == '_') && !is_cjk(c)
 }
 
-/// CJK ideographs, kana, Hangul and Bopomofo. (The SDK's `text::is_cjk` was not committed yet
-/// when this was written; only the boundary check uses this.)
+/// CJK ideographs, kana, Hangul and Bopomofo: characters that are not part of a Latin word.
+/// (Written before the SDK's `text::is_cjk` landed; only the boundary check uses it.)
 fn is_cjk(c: char) -> bool {
     matches!(c as u32,
         0x1100..=0x11FF     // Hangul Jamo
