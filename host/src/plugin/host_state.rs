@@ -1,0 +1,187 @@
+//! The per-store state a plugin instance sees: an empty WASI context, its memory limiter,
+//! and captured stdout/stderr that end up in the host's log tagged with the plugin name.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::bindings::{Level, post::pipehost::plugin::host};
+use super::limits::MemoryLimiter;
+
+/// How much of a call's stdout/stderr is kept for the log. Beyond this, writes still succeed
+/// (a chatty plugin must not fail because of its logging) but are dropped.
+const CAPTURE_BYTES: usize = 16 << 10;
+
+pub(crate) struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub(crate) limiter: MemoryLimiter,
+    pub(crate) stdout: Capture,
+    pub(crate) stderr: Capture,
+    plugin: Arc<str>,
+    request_id: String,
+}
+
+impl HostState {
+    pub(crate) fn new(plugin: Arc<str>, request_id: &str, memory_limit: usize) -> Self {
+        let stdout = Capture::default();
+        let stderr = Capture::default();
+        // Nothing is granted: no preopened directories, environment, arguments, stdin or
+        // network. Sockets are denied explicitly rather than relying on defaults.
+        let wasi = WasiCtx::builder()
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        Self {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter::new(memory_limit),
+            stdout,
+            stderr,
+            plugin,
+            request_id: request_id.to_owned(),
+        }
+    }
+
+    /// Sends what the guest printed to the host's log, line by line.
+    pub(crate) fn flush_output_to_log(&self) {
+        for line in self.stdout.take_lines() {
+            tracing::info!(target: "pipehost::plugin", plugin = %self.plugin, request_id = %self.request_id, stream = "stdout", "{line}");
+        }
+        for line in self.stderr.take_lines() {
+            tracing::warn!(target: "pipehost::plugin", plugin = %self.plugin, request_id = %self.request_id, stream = "stderr", "{line}");
+        }
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl host::Host for HostState {
+    fn log(&mut self, level: Level, message: String) {
+        let (plugin, request_id) = (&*self.plugin, self.request_id.as_str());
+        // Bound what one call can put in the log.
+        let message = truncate_utf8(&message, CAPTURE_BYTES);
+        match level {
+            Level::Trace => {
+                tracing::trace!(target: "pipehost::plugin", plugin = %plugin, request_id = %request_id, "{message}")
+            }
+            Level::Debug => {
+                tracing::debug!(target: "pipehost::plugin", plugin = %plugin, request_id = %request_id, "{message}")
+            }
+            Level::Info => {
+                tracing::info!(target: "pipehost::plugin", plugin = %plugin, request_id = %request_id, "{message}")
+            }
+            Level::Warn => {
+                tracing::warn!(target: "pipehost::plugin", plugin = %plugin, request_id = %request_id, "{message}")
+            }
+            Level::Error => {
+                tracing::error!(target: "pipehost::plugin", plugin = %plugin, request_id = %request_id, "{message}")
+            }
+        }
+    }
+}
+
+impl super::bindings::post::pipehost::plugin::types::Host for HostState {}
+
+fn truncate_utf8(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// A bounded in-memory sink for a guest's stdout or stderr.
+#[derive(Clone, Default)]
+pub(crate) struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Capture {
+    fn write(&self, bytes: &[u8]) {
+        let mut buf = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let room = CAPTURE_BYTES.saturating_sub(buf.len());
+        buf.extend_from_slice(&bytes[..bytes.len().min(room)]);
+    }
+
+    /// Everything captured so far, as text (lossy), leaving the buffer empty.
+    pub(crate) fn take(&self) -> String {
+        let mut buf = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        String::from_utf8_lossy(&std::mem::take(&mut *buf)).into_owned()
+    }
+
+    pub(crate) fn peek(&self) -> String {
+        let buf = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+
+    fn take_lines(&self) -> Vec<String> {
+        self.take().lines().filter(|l| !l.trim().is_empty()).map(str::to_owned).collect()
+    }
+}
+
+impl IsTerminal for Capture {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for Capture {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl OutputStream for Capture {
+    fn write(&mut self, bytes: bytes::Bytes) -> Result<(), StreamError> {
+        Capture::write(self, &bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), StreamError> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> Result<usize, StreamError> {
+        // Always accept: excess is dropped in `write`, never reported as an error.
+        Ok(64 << 10)
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for Capture {
+    async fn ready(&mut self) {}
+}
+
+impl tokio::io::AsyncWrite for Capture {
+    fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Capture::write(&self, buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
