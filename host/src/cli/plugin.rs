@@ -85,7 +85,7 @@ fn run_plugin(args: RunArgs) -> anyhow::Result<ExitCode> {
         Some(text) => text,
         None => read_stdin()?,
     };
-    let ctx = CallContext { pipeline: "cli".into(), request_id: "cli".into(), stage: name.clone() };
+    let ctx = CallContext { pipeline: "cli".into(), request_id: "cli".into(), stage: String::new() };
     let mut stdout = std::io::stdout().lock();
     let ends_with_newline = match args.stream_chunk {
         None => {
