@@ -5,6 +5,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod bench;
+mod dev;
+mod generate;
 mod plugin;
 
 /// Serve a local LLM with programmable, sandboxed output pipelines.
@@ -20,6 +23,14 @@ enum Command {
     /// Run, scaffold and inspect WebAssembly plugins.
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
+    /// Generate text with the model (streams to stdout).
+    Generate(generate::GenerateArgs),
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+    /// Developer tools: random-weight and tiny test models.
+    #[command(subcommand)]
+    Dev(dev::DevCommand),
 }
 
 /// Entry point of the binary.
@@ -28,6 +39,9 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Plugin(cmd) => plugin::run(cmd),
+        Command::Generate(args) => generate::run(args),
+        Command::Bench(cmd) => bench::run(cmd),
+        Command::Dev(cmd) => dev::run(cmd),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,316 @@
+//! One request, start to finish, on the thread that owns the model: prompt to ids, prefill,
+//! the decode loop with sampling, stop conditions, streaming text and the report.
+
+use std::time::Instant;
+
+use candle_core::Tensor;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::chat_template::ChatMessage;
+use super::detokenize::IncrementalDecoder;
+use super::error::{ModelError, Result};
+use super::loader::{Model, ModelInfo};
+use super::sampling::{self, GenerationDefaults, Sampler, SamplingParams};
+use super::stop::{StopMatcher, StopOutcome};
+
+/// What to generate from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Prompt {
+    /// Tokenized as-is; special tokens written in the text (e.g. `<|im_start|>`) are recognised.
+    Raw(String),
+    /// Rendered with the model's chat template (with `add_generation_prompt`), then tokenized.
+    Chat {
+        messages: Vec<ChatMessage>,
+        /// Extra template variables, e.g. `{"enable_thinking": false}`.
+        #[serde(default)]
+        template_kwargs: Map<String, Value>,
+    },
+    /// Token ids, used as they are.
+    Ids(Vec<u32>),
+}
+
+/// One generation request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GenerateRequest {
+    pub prompt: Prompt,
+    #[serde(default)]
+    pub sampling: SamplingParams,
+    /// Default: generation_config.json's `max_new_tokens`, else 512.
+    #[serde(default)]
+    pub max_new_tokens: Option<usize>,
+    /// Generation stops before any of these strings; they are not part of the output.
+    #[serde(default)]
+    pub stop: Vec<String>,
+    /// Keep generating past EOS tokens (benchmarks, reference comparisons).
+    #[serde(default)]
+    pub ignore_eos: bool,
+}
+
+impl GenerateRequest {
+    pub fn new(prompt: Prompt) -> Self {
+        GenerateRequest {
+            prompt,
+            sampling: SamplingParams::default(),
+            max_new_tokens: None,
+            stop: Vec::new(),
+            ignore_eos: false,
+        }
+    }
+}
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FinishReason {
+    /// `max_new_tokens` (or the model's context) reached.
+    Length,
+    /// A stop string matched.
+    Stop,
+    /// An end-of-sequence token was generated.
+    Eos,
+    /// The receiver went away.
+    Cancelled,
+}
+
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Length => "length",
+            FinishReason::Stop => "stop",
+            FinishReason::Eos => "eos",
+            FinishReason::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// The summary of one request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub prompt_ids: Vec<u32>,
+    /// Generated ids, including a final EOS token if that is what ended generation.
+    pub token_ids: Vec<u32>,
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    pub finish_reason: FinishReason,
+    /// Forward pass over the prompt plus choosing the first token.
+    pub prefill_ms: f64,
+    /// Tokens after the first, per second of decoding (0 when fewer than two tokens).
+    pub decode_tokens_per_s: f64,
+    /// The seed used (drawn when the request had none), to reproduce a sampled output.
+    pub seed: u64,
+}
+
+impl Model {
+    pub fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    pub fn defaults(&self) -> &GenerationDefaults {
+        &self.defaults
+    }
+
+    /// The tokenizer's id for a token string, e.g. `<|im_end|>`.
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.tokenizer.token_to_id(token)
+    }
+
+    /// Tokenize as transformers' `encode(text, add_special_tokens=False)` does (Qwen adds no
+    /// BOS); special tokens in the text are recognised.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self.tokenizer.encode(text, false).map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Decode ids to text, dropping special tokens.
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.tokenizer.decode(ids, true).map_err(|e| ModelError::Tokenizer(e.to_string()))
+    }
+
+    /// Render a conversation with the model's chat template, with the generation prompt.
+    pub fn render_chat(
+        &self,
+        messages: &[ChatMessage],
+        template_kwargs: &Map<String, Value>,
+    ) -> Result<String> {
+        let template = self.template.as_ref().ok_or_else(|| {
+            ModelError::InvalidRequest("this model has no chat template; use a raw prompt".into())
+        })?;
+        let add_generation_prompt =
+            template_kwargs.get("add_generation_prompt").and_then(Value::as_bool).unwrap_or(true);
+        template.render(messages, add_generation_prompt, template_kwargs)
+    }
+
+    /// The token ids a prompt becomes.
+    pub fn prompt_ids(&self, prompt: &Prompt) -> Result<Vec<u32>> {
+        match prompt {
+            Prompt::Raw(text) => self.encode(text),
+            Prompt::Chat { messages, template_kwargs } => {
+                self.encode(&self.render_chat(messages, template_kwargs)?)
+            }
+            Prompt::Ids(ids) => Ok(ids.clone()),
+        }
+    }
+
+    fn check_ids(&self, ids: &[u32]) -> Result<()> {
+        if ids.is_empty() {
+            return Err(ModelError::InvalidRequest("the prompt is empty".into()));
+        }
+        if let Some(bad) = ids.iter().find(|&&id| id as usize >= self.info.vocab_size) {
+            return Err(ModelError::InvalidRequest(format!("token id {bad} is outside the vocabulary")));
+        }
+        if ids.len() >= self.info.max_context {
+            return Err(ModelError::InvalidRequest(format!(
+                "the prompt has {} tokens; the model's context is {}",
+                ids.len(),
+                self.info.max_context
+            )));
+        }
+        Ok(())
+    }
+
+    /// One forward step at `offset`; returns the last position's logits, shape (vocab,).
+    fn forward(&mut self, ids: &[u32], offset: usize) -> Result<Tensor> {
+        let input = Tensor::new(ids, &self.device)?.unsqueeze(0)?;
+        Ok(self.lm.forward(&input, offset)?.flatten_all()?)
+    }
+
+    /// The last position's logits (f32) for `ids`, from a fresh KV cache. For tests and tools.
+    pub fn last_logits(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
+        self.check_ids(ids)?;
+        self.lm.clear_kv_cache();
+        let logits = self.forward(ids, 0)?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>();
+        self.lm.clear_kv_cache();
+        Ok(logits?)
+    }
+
+    /// Feed `ids` one at a time through the KV cache and return the argmax after each: the
+    /// decode path, position by position. For tests and tools.
+    pub fn argmax_per_position(&mut self, ids: &[u32]) -> Result<Vec<u32>> {
+        self.check_ids(ids)?;
+        self.lm.clear_kv_cache();
+        let mut out = Vec::with_capacity(ids.len());
+        for (pos, &id) in ids.iter().enumerate() {
+            let logits = self.forward(&[id], pos)?;
+            out.push(logits.argmax(0)?.to_scalar::<u32>()?);
+        }
+        self.lm.clear_kv_cache();
+        Ok(out)
+    }
+
+    /// Run one request to the end on this thread. `on_delta` gets each piece of text as it
+    /// becomes final, once per generated token (often ""); returning `false` cancels.
+    pub fn generate(
+        &mut self,
+        req: &GenerateRequest,
+        on_delta: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Report> {
+        let prompt_ids = self.prompt_ids(&req.prompt)?;
+        self.check_ids(&prompt_ids)?;
+        let params = sampling::resolve(&req.sampling, &self.defaults)?;
+        let seed = params.seed;
+        let room = self.info.max_context - prompt_ids.len();
+        let max_new = req.max_new_tokens.unwrap_or(self.defaults.max_new_tokens).min(room);
+        let eos: &[u32] = if req.ignore_eos { &[] } else { &self.defaults.eos_token_ids };
+        let eos = eos.to_vec();
+
+        // A fresh cache per request: nothing from the previous conversation leaks in.
+        self.lm.clear_kv_cache();
+        let result = self.decode_loop(&prompt_ids, params, max_new, &eos, req, on_delta);
+        self.lm.clear_kv_cache();
+        let (token_ids, finish_reason, prefill_ms, decode_s) = result?;
+
+        let completion_tokens = token_ids.len();
+        let decode_tokens_per_s = if completion_tokens > 1 && decode_s > 0.0 {
+            (completion_tokens - 1) as f64 / decode_s
+        } else {
+            0.0
+        };
+        Ok(Report {
+            prompt_tokens: prompt_ids.len(),
+            prompt_ids,
+            completion_tokens,
+            token_ids,
+            finish_reason,
+            prefill_ms,
+            decode_tokens_per_s,
+            seed,
+        })
+    }
+
+    fn decode_loop(
+        &mut self,
+        prompt_ids: &[u32],
+        params: sampling::Resolved,
+        max_new: usize,
+        eos: &[u32],
+        req: &GenerateRequest,
+        on_delta: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<(Vec<u32>, FinishReason, f64, f64)> {
+        let mut sampler = Sampler::new(params, prompt_ids);
+        let mut stop = StopMatcher::new(&req.stop);
+        let start = Instant::now();
+        let mut tokens: Vec<u32> = Vec::new();
+        let mut prefill_ms = 0.0;
+        let mut decode_start = start;
+        if max_new == 0 {
+            return Ok((tokens, FinishReason::Length, 0.0, 0.0));
+        }
+        // The decoder borrows the tokenizer while the loop needs `&mut self` for the forward
+        // pass; a clone of the (Arc-heavy) tokenizer per request is cheap compared to a forward.
+        let tokenizer = self.tokenizer.clone();
+        let mut text = IncrementalDecoder::new(&tokenizer, true);
+        let mut logits = self.forward(prompt_ids, 0)?;
+        let finish = loop {
+            let token = sampler.sample(&logits)?;
+            if tokens.is_empty() {
+                prefill_ms = start.elapsed().as_secs_f64() * 1000.0;
+                decode_start = Instant::now();
+            }
+            tokens.push(token);
+            sampler.push(token);
+            if eos.contains(&token) {
+                break FinishReason::Eos;
+            }
+            let delta = text.push(token)?;
+            match stop.push(&delta) {
+                StopOutcome::Emit(t) => {
+                    if !on_delta(&t) {
+                        break FinishReason::Cancelled;
+                    }
+                }
+                StopOutcome::Stopped(t) => {
+                    on_delta(&t);
+                    return Ok((
+                        tokens,
+                        FinishReason::Stop,
+                        prefill_ms,
+                        decode_start.elapsed().as_secs_f64(),
+                    ));
+                }
+            }
+            if tokens.len() >= max_new {
+                break FinishReason::Length;
+            }
+            let pos = prompt_ids.len() + tokens.len() - 1;
+            logits = self.forward(&[token], pos)?;
+        };
+        let decode_s = decode_start.elapsed().as_secs_f64();
+        if finish != FinishReason::Cancelled {
+            // The tail: an unfinished character, then text held for a stop string that never came.
+            let tail = text.finish()?;
+            let tail = match stop.push(&tail) {
+                StopOutcome::Emit(t) => t + &stop.finish(),
+                StopOutcome::Stopped(t) => {
+                    on_delta(&t);
+                    return Ok((tokens, FinishReason::Stop, prefill_ms, decode_s));
+                }
+            };
+            if !tail.is_empty() {
+                on_delta(&tail);
+            }
+        }
+        Ok((tokens, finish, prefill_ms, decode_s))
+    }
+}
