@@ -104,20 +104,6 @@ impl Default for Config {
     }
 }
 
-/// Parses JSON config, prefixing serde's message with the path of the bad field, which plain
-/// `serde_json` does not say for type errors.
-fn parse_config(json: &str) -> Result<Config, PluginError> {
-    let json = if json.trim().is_empty() { "{}" } else { json };
-    let mut de = serde_json::Deserializer::from_str(json);
-    let config: Config = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        PluginError::InvalidConfig(if path == "." { inner.to_string() } else { format!("{path}: {inner}") })
-    })?;
-    de.end().map_err(|e| PluginError::InvalidConfig(e.to_string()))?;
-    Ok(config)
-}
-
 /// Cuts and fixes as many segments of `buf` as can be decided; returns the bytes consumed.
 fn run(buf: &str, last: bool, state: &mut fix::State, config: &Config, out: &mut String) -> usize {
     let mut pos = 0;
@@ -156,12 +142,6 @@ impl PostProcessor for Punctuation {
             return Err(PluginError::InvalidConfig("max_repeat: must be at least 1".into()));
         }
         Ok(())
-    }
-
-    fn config(json: &str) -> Result<Config, PluginError> {
-        let config = parse_config(json)?;
-        Self::check_config(&config)?;
-        Ok(config)
     }
 
     fn process(text: &str, config: &Config, _ctx: &Context) -> Result<String, PluginError> {

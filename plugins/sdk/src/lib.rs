@@ -95,11 +95,18 @@ impl ChunkOutput {
 
 /// Parses a stage's JSON config; an empty string means `{}`.
 ///
-/// Errors are `invalid-config` with serde's message (unknown field, wrong type, with the
-/// line and column in the JSON).
+/// Errors are `invalid-config` with serde's message prefixed by the path of the bad field
+/// (`rules[2].to: invalid type ...`), which plain `serde_json` does not give for type errors.
 pub fn parse_config<T: DeserializeOwned>(json: &str) -> Result<T, PluginError> {
     let json = if json.trim().is_empty() { "{}" } else { json };
-    serde_json::from_str(json).map_err(|e| PluginError::InvalidConfig(e.to_string()))
+    let mut de = serde_json::Deserializer::from_str(json);
+    let config = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        PluginError::InvalidConfig(if path == "." { inner.to_string() } else { format!("{path}: {inner}") })
+    })?;
+    de.end().map_err(|e| PluginError::InvalidConfig(e.to_string()))?;
+    Ok(config)
 }
 
 /// An incremental stream of one response through a post-processor.

@@ -118,20 +118,6 @@ impl<'de> Deserialize<'de> for Rules {
     }
 }
 
-/// Parses JSON config, prefixing serde's message with the path of the bad field
-/// (`rules[2].to: invalid type ...`), which plain `serde_json` does not say.
-fn parse_config(json: &str) -> Result<Config, PluginError> {
-    let json = if json.trim().is_empty() { "{}" } else { json };
-    let mut de = serde_json::Deserializer::from_str(json);
-    let config: Config = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        PluginError::InvalidConfig(if path == "." { inner.to_string() } else { format!("{path}: {inner}") })
-    })?;
-    de.end().map_err(|e| PluginError::InvalidConfig(e.to_string()))?;
-    Ok(config)
-}
-
 /// Whether `c` belongs to a Latin-script-like word for the boundary check: CJK ideographs and
 /// kana are words by themselves, so a Chinese phrase may match anywhere.
 fn is_word_char(c: char) -> bool {
@@ -319,12 +305,6 @@ impl PostProcessor for Tone {
 
     fn check_config(config: &Config) -> Result<(), PluginError> {
         Dictionary::new(config).map(|_| ())
-    }
-
-    fn config(json: &str) -> Result<Config, PluginError> {
-        let config = parse_config(json)?;
-        Self::check_config(&config)?;
-        Ok(config)
     }
 
     fn process(text: &str, config: &Config, _ctx: &Context) -> Result<String, PluginError> {

@@ -35,8 +35,6 @@ use pipehost_plugin_sdk::{
     ChunkOutput, Context, PluginError, PostProcessor, Streamer, export_post_processor,
 };
 use serde::Deserialize;
-use serde::de::DeserializeOwned;
-use serde_json::Value;
 use unicode_segmentation::UnicodeSegmentation;
 
 pub use cut::{Cut, choose, size};
@@ -123,37 +121,11 @@ fn invalid(msg: String) -> PluginError {
     PluginError::InvalidConfig(msg)
 }
 
-/// Like the SDK's `parse_config`, but a value of the wrong type is reported with its field name
-/// (serde_json names unknown and missing fields, not mistyped ones).
-fn parse_config<T: DeserializeOwned>(json: &str) -> Result<T, PluginError> {
-    let json = if json.trim().is_empty() { "{}" } else { json };
-    serde_json::from_str(json).map_err(|e| {
-        let Ok(Value::Object(map)) = serde_json::from_str::<Value>(json) else {
-            return invalid(e.to_string());
-        };
-        for (field, value) in map {
-            let alone = Value::Object([(field.clone(), value)].into_iter().collect());
-            if let Err(e) = serde_json::from_value::<T>(alone)
-                && !e.to_string().starts_with("missing field")
-            {
-                return invalid(format!("`{field}`: {e}"));
-            }
-        }
-        invalid(e.to_string())
-    })
-}
-
 /// The `truncate` post-processor.
 pub struct Truncate;
 
 impl PostProcessor for Truncate {
     type Config = Config;
-
-    fn config(json: &str) -> Result<Config, PluginError> {
-        let config = parse_config(json)?;
-        Self::check_config(&config)?;
-        Ok(config)
-    }
 
     fn check_config(c: &Config) -> Result<(), PluginError> {
         if c.max == 0 {
