@@ -4,8 +4,12 @@
 //! (request → pipeline → prompt builder → model → post-processors → response):
 //! - [`plugin`]: the WebAssembly plugin runtime; the only module that touches wasmtime.
 //! - [`model`]: the Qwen3 model engine; the only module that touches candle and tokenizers.
+//! - [`backend`]: model backends behind one trait (`echo`, `candle`, `openai`).
+//! - [`pipeline`]: pipeline files, their registry with hot reload, and the executor.
 //! - [`cli`]: the command line.
 
+pub mod backend;
 pub mod cli;
 pub mod model;
+pub mod pipeline;
 pub mod plugin;

@@ -6,9 +6,12 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod check;
 mod dev;
 mod generate;
 mod plugin;
+mod run;
+mod schema;
 
 /// Serve a local LLM with programmable, sandboxed output pipelines.
 #[derive(Debug, Parser)]
@@ -28,6 +31,12 @@ enum Command {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Run one pipeline locally, without a server.
+    Run(Box<run::RunArgs>),
+    /// Validate pipeline files and the plugins they use; prints every error.
+    Check(check::CheckArgs),
+    /// Print the JSON Schema of pipeline files.
+    Schema,
     /// Developer tools: random-weight and tiny test models.
     #[command(subcommand)]
     Dev(dev::DevCommand),
@@ -42,6 +51,9 @@ pub fn main() -> ExitCode {
         Command::Generate(args) => generate::run(args),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Dev(cmd) => dev::run(cmd),
+        Command::Run(args) => run::run(*args),
+        Command::Check(args) => check::run(args),
+        Command::Schema => schema::run(),
     };
     match result {
         Ok(code) => code,

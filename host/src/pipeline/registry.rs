@@ -1,0 +1,362 @@
+//! The set of loaded pipelines, with hot reload.
+//!
+//! Each pipeline file maps to at most one served [`Pipeline`] (an `Arc`, swapped atomically)
+//! and its last load error. A broken file never replaces a working version; deleting a file
+//! removes its pipeline. Reloads run on the watcher's own thread, never on the request path.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::load::{BackendNames, LoadError, Pipeline, PluginCache, Variable, load_file};
+use super::spec::OnError;
+use crate::backend::GenerationParams;
+use crate::plugin::PluginRuntime;
+
+/// How long the watcher waits for a burst of file events to settle before reloading.
+pub const DEBOUNCE: Duration = Duration::from_millis(100);
+
+/// The pipelines folder when none is given: `$PIPEHOST_PIPELINES_DIR`, else `pipelines` in the
+/// current directory if it exists, else the source tree's `pipelines`.
+pub fn default_pipelines_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("PIPEHOST_PIPELINES_DIR") {
+        return PathBuf::from(dir);
+    }
+    let local = PathBuf::from("pipelines");
+    if local.is_dir() {
+        return local;
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../pipelines")
+}
+
+/// Reload counters (for metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ReloadStats {
+    /// Files (re)loaded successfully by the watcher.
+    pub reloads: u64,
+    /// Files whose reload failed (the old version kept serving).
+    pub reload_failures: u64,
+}
+
+/// A stage as shown to clients.
+#[derive(Debug, Clone, Serialize)]
+pub struct StageInfo {
+    pub name: String,
+    pub plugin: String,
+    pub sha256: String,
+    pub on_error: OnError,
+}
+
+/// What `GET /v1/pipelines/{name}` shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct PipelineInfo {
+    pub name: String,
+    pub description: String,
+    pub file: PathBuf,
+    pub sha256: String,
+    pub backend: Option<String>,
+    pub params: GenerationParams,
+    pub input_variable: String,
+    pub variables: Vec<Variable>,
+    pub prompt: StageInfo,
+    pub stages: Vec<StageInfo>,
+    /// The last failed reload of this pipeline's file (the version shown keeps serving).
+    pub last_error: Option<String>,
+}
+
+#[derive(Default)]
+struct FileEntry {
+    /// The pipeline this file currently serves.
+    serving: Option<String>,
+    error: Option<LoadError>,
+}
+
+#[derive(Default)]
+struct State {
+    pipelines: HashMap<String, Arc<Pipeline>>,
+    /// By file name inside the pipelines folder.
+    files: BTreeMap<String, FileEntry>,
+}
+
+struct Inner {
+    dir: PathBuf,
+    plugins: PluginCache,
+    backends: BackendNames,
+    state: RwLock<State>,
+    /// Serialises reloads (the watcher vs. explicit calls).
+    reloading: Mutex<()>,
+    reloads: AtomicU64,
+    failures: AtomicU64,
+}
+
+/// The loaded pipelines. Cheap to clone.
+#[derive(Clone)]
+pub struct Registry {
+    inner: Arc<Inner>,
+}
+
+fn is_pipeline_file(path: &Path) -> bool {
+    matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+        && !path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'))
+}
+
+impl Registry {
+    /// Loads every `*.yaml`/`*.yml` in `pipelines_dir`; accepts any known backend kind in
+    /// `backend:`. Never fails as a whole: bad files become per-file errors ([`Self::errors`]).
+    pub fn load(pipelines_dir: &Path, plugins_dir: &Path, runtime: PluginRuntime) -> Registry {
+        Self::load_with_backends(pipelines_dir, plugins_dir, runtime, BackendNames::AnyKnown)
+    }
+
+    /// Like [`Self::load`], but `backend:` must name one of `backends` (the server's).
+    pub fn load_with_backends(
+        pipelines_dir: &Path,
+        plugins_dir: &Path,
+        runtime: PluginRuntime,
+        backends: BackendNames,
+    ) -> Registry {
+        let registry = Registry {
+            inner: Arc::new(Inner {
+                dir: pipelines_dir.to_owned(),
+                plugins: PluginCache::new(runtime, plugins_dir.to_owned()),
+                backends,
+                state: RwLock::default(),
+                reloading: Mutex::default(),
+                reloads: AtomicU64::new(0),
+                failures: AtomicU64::new(0),
+            }),
+        };
+        let mut names: Vec<String> = match std::fs::read_dir(pipelines_dir) {
+            Ok(entries) => entries
+                .filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| p.is_file() && is_pipeline_file(p))
+                .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                .collect(),
+            Err(e) => {
+                tracing::warn!("pipelines folder {}: {e}", pipelines_dir.display());
+                Vec::new()
+            }
+        };
+        names.sort();
+        for name in names {
+            registry.reload_file(&name, false);
+        }
+        registry
+    }
+
+    pub fn pipelines_dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    pub fn plugins_dir(&self) -> &Path {
+        self.inner.plugins.dir()
+    }
+
+    /// The current version of pipeline `name`.
+    pub fn get(&self, name: &str) -> Option<Arc<Pipeline>> {
+        self.inner.state.read().unwrap().pipelines.get(name).cloned()
+    }
+
+    /// Every served pipeline, by name.
+    pub fn list(&self) -> Vec<PipelineInfo> {
+        let state = self.inner.state.read().unwrap();
+        let mut names: Vec<&String> = state.pipelines.keys().collect();
+        names.sort();
+        names.into_iter().filter_map(|n| info_of(&state, n)).collect()
+    }
+
+    pub fn info(&self, name: &str) -> Option<PipelineInfo> {
+        info_of(&self.inner.state.read().unwrap(), name)
+    }
+
+    /// The current error of every file that failed its last load, in file order.
+    pub fn errors(&self) -> Vec<LoadError> {
+        let state = self.inner.state.read().unwrap();
+        state.files.values().filter_map(|f| f.error.clone()).collect()
+    }
+
+    pub fn stats(&self) -> ReloadStats {
+        ReloadStats {
+            reloads: self.inner.reloads.load(Ordering::Relaxed),
+            reload_failures: self.inner.failures.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Reloads one file of the pipelines folder by file name (`poem.yaml`): a missing file
+    /// removes its pipeline; a broken one keeps the old version and records the error.
+    pub fn reload_file(&self, file_name: &str, count: bool) {
+        let _guard = self.inner.reloading.lock().unwrap();
+        let path = self.inner.dir.join(file_name);
+        if !path.is_file() {
+            let mut state = self.inner.state.write().unwrap();
+            if let Some(entry) = state.files.remove(file_name) {
+                if let Some(name) = entry.serving {
+                    state.pipelines.remove(&name);
+                    tracing::info!(pipeline = name, "pipeline removed ({file_name} deleted)");
+                }
+                if count {
+                    self.inner.reloads.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            return;
+        }
+        let taken: HashMap<String, PathBuf> = {
+            let state = self.inner.state.read().unwrap();
+            state
+                .files
+                .iter()
+                .filter(|(f, _)| f.as_str() != file_name)
+                .filter_map(|(f, e)| e.serving.clone().map(|n| (n, self.inner.dir.join(f))))
+                .collect()
+        };
+        let result = load_file(&path, &self.inner.plugins, &self.inner.backends, &taken);
+        let mut state = self.inner.state.write().unwrap();
+        let entry = state.files.entry(file_name.to_owned()).or_default();
+        match result {
+            Ok(pipeline) => {
+                let old = entry.serving.replace(pipeline.name.clone());
+                entry.error = None;
+                if let Some(old) = old.filter(|o| *o != pipeline.name) {
+                    state.pipelines.remove(&old);
+                }
+                tracing::info!(pipeline = pipeline.name, sha256 = pipeline.sha256, "pipeline loaded");
+                state.pipelines.insert(pipeline.name.clone(), Arc::new(pipeline));
+                if count {
+                    self.inner.reloads.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Err(error) => {
+                tracing::warn!("{error}");
+                entry.error = Some(error);
+                if count {
+                    self.inner.failures.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// A plugin file changed: reloads every pipeline that uses it and every file in error.
+    pub fn plugin_changed(&self, plugin: &str) {
+        self.inner.plugins.evict_stale(plugin);
+        let files: Vec<String> = {
+            let state = self.inner.state.read().unwrap();
+            state
+                .files
+                .iter()
+                .filter(|(_, e)| {
+                    e.error.is_some()
+                        || e.serving.as_ref().and_then(|n| state.pipelines.get(n)).is_some_and(|p| {
+                            p.prompt.plugin == plugin || p.stages.iter().any(|s| s.plugin == plugin)
+                        })
+                })
+                .map(|(f, _)| f.clone())
+                .collect()
+        };
+        for f in files {
+            self.reload_file(&f, true);
+        }
+    }
+
+    /// Watches the pipelines and plugins folders (debounced by [`DEBOUNCE`]) and reloads what
+    /// changed on a dedicated thread. Stops when the handle is dropped.
+    pub fn watch(&self) -> anyhow::Result<WatchHandle> {
+        use notify::{RecursiveMode, Watcher};
+        let (tx, rx) = std_mpsc::channel::<notify::Result<notify::Event>>();
+        let mut watcher = notify::recommended_watcher(move |ev| {
+            let _ = tx.send(ev);
+        })?;
+        let pipelines = canonical(&self.inner.dir);
+        let plugins = canonical(self.inner.plugins.dir());
+        watcher.watch(&pipelines, RecursiveMode::NonRecursive)?;
+        if plugins != pipelines {
+            watcher.watch(&plugins, RecursiveMode::NonRecursive)?;
+        }
+        let registry = self.clone();
+        let thread = std::thread::Builder::new().name("pipehost-reload".into()).spawn(move || {
+            while let Ok(first) = rx.recv() {
+                let mut paths: Vec<PathBuf> = Vec::new();
+                let mut add = |ev: notify::Result<notify::Event>| match ev {
+                    Ok(ev) => paths.extend(ev.paths),
+                    Err(e) => tracing::warn!("file watcher: {e}"),
+                };
+                add(first);
+                loop {
+                    match rx.recv_timeout(DEBOUNCE) {
+                        Ok(ev) => add(ev),
+                        Err(std_mpsc::RecvTimeoutError::Timeout) => break,
+                        Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
+                    }
+                }
+                paths.sort();
+                paths.dedup();
+                let mut plugin_names = Vec::new();
+                for path in paths {
+                    let parent = path.parent().map(canonical);
+                    let Some(file) = path.file_name().map(|f| f.to_string_lossy().into_owned()) else {
+                        continue;
+                    };
+                    if parent.as_deref() == Some(pipelines.as_path()) && is_pipeline_file(&path) {
+                        registry.reload_file(&file, true);
+                    } else if parent.as_deref() == Some(plugins.as_path())
+                        && path.extension().is_some_and(|e| e == "wasm")
+                        && let Some(stem) = path.file_stem()
+                    {
+                        plugin_names.push(stem.to_string_lossy().into_owned());
+                    }
+                }
+                for name in plugin_names {
+                    registry.plugin_changed(&name);
+                }
+            }
+        })?;
+        Ok(WatchHandle { _watcher: Box::new(watcher), _thread: thread })
+    }
+}
+
+fn canonical(p: &Path) -> PathBuf {
+    std::fs::canonicalize(p).unwrap_or_else(|_| p.to_owned())
+}
+
+fn info_of(state: &State, name: &str) -> Option<PipelineInfo> {
+    let p = state.pipelines.get(name)?;
+    let file_name = p.file.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+    let last_error = state.files.get(&file_name).and_then(|f| f.error.as_ref()).map(|e| e.to_string());
+    Some(PipelineInfo {
+        name: p.name.clone(),
+        description: p.description.clone(),
+        file: p.file.clone(),
+        sha256: p.sha256.clone(),
+        backend: p.backend.clone(),
+        params: p.params.clone(),
+        input_variable: p.input_variable.clone(),
+        variables: p.variables.clone(),
+        prompt: StageInfo {
+            name: "prompt".into(),
+            plugin: p.prompt.plugin.clone(),
+            sha256: p.prompt.sha256().to_owned(),
+            on_error: OnError::Fail,
+        },
+        stages: p
+            .stages
+            .iter()
+            .map(|s| StageInfo {
+                name: s.name.clone(),
+                plugin: s.plugin.clone(),
+                sha256: s.sha256().to_owned(),
+                on_error: s.on_error,
+            })
+            .collect(),
+        last_error,
+    })
+}
+
+/// Keeps the watcher alive; dropping it stops watching (the reload thread then exits).
+pub struct WatchHandle {
+    _watcher: Box<dyn notify::Watcher + Send>,
+    _thread: std::thread::JoinHandle<()>,
+}
