@@ -181,7 +181,14 @@ pub fn write_random_model(
     for name in ["tokenizer.json", "tokenizer_config.json", "chat_template.jinja"] {
         let src = tokenizer_dir.join(name);
         if src.is_file() && !same_dir {
-            std::fs::copy(&src, out.join(name)).map_err(|e| ModelError::io(&src, e))?;
+            let dst = out.join(name);
+            std::fs::copy(&src, &dst).map_err(|e| ModelError::io(&src, e))?;
+            // A read-only source (e.g. shared/reference) would make the copy read-only too,
+            // and writing the same folder again would fail.
+            let mut perms = std::fs::metadata(&dst).map_err(|e| ModelError::io(&dst, e))?.permissions();
+            #[allow(clippy::permissions_set_readonly_false)]
+            perms.set_readonly(false);
+            std::fs::set_permissions(&dst, perms).map_err(|e| ModelError::io(&dst, e))?;
         } else if name == "tokenizer.json" && !src.is_file() {
             return Err(ModelError::BadFolder {
                 path: tokenizer_dir.to_owned(),
