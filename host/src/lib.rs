@@ -6,6 +6,7 @@
 //! - [`model`]: the Qwen3 model engine; the only module that touches candle and tokenizers.
 //! - [`backend`]: model backends behind one trait (`echo`, `candle`, `openai`).
 //! - [`pipeline`]: pipeline files, their registry with hot reload, and the executor.
+//! - [`server`]: the HTTP server (OpenAI-compatible and native endpoints, SSE, metrics).
 //! - [`cli`]: the command line.
 
 pub mod backend;
@@ -13,3 +14,4 @@ pub mod cli;
 pub mod model;
 pub mod pipeline;
 pub mod plugin;
+pub mod server;

@@ -12,6 +12,7 @@ mod generate;
 mod plugin;
 mod run;
 mod schema;
+mod serve;
 
 /// Serve a local LLM with programmable, sandboxed output pipelines.
 #[derive(Debug, Parser)]
@@ -31,6 +32,8 @@ enum Command {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Serve the pipelines over HTTP (OpenAI-compatible).
+    Serve(Box<serve::ServeArgs>),
     /// Run one pipeline locally, without a server.
     Run(Box<run::RunArgs>),
     /// Validate pipeline files and the plugins they use; prints every error.
@@ -54,6 +57,7 @@ pub fn main() -> ExitCode {
         Command::Run(args) => run::run(*args),
         Command::Check(args) => check::run(args),
         Command::Schema => schema::run(),
+        Command::Serve(args) => serve::run(*args),
     };
     match result {
         Ok(code) => code,

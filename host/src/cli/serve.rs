@@ -1,0 +1,206 @@
+//! `pipehost serve`: the HTTP server (see docs/server.md). Builds the plugin runtime, the
+//! pipeline registry (watched for hot reload), the model backend and the executor, then serves
+//! until SIGINT/SIGTERM, draining in-flight requests.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, ValueEnum};
+
+use crate::backend::{self, Backend, CandleBackend, EchoBackend, EchoConfig, OpenAiBackend, OpenAiConfig};
+use crate::model::{self, DEFAULT_MODEL, DTypeChoice, DeviceChoice, Engine, ModelSpec};
+use crate::pipeline::{BackendNames, Executor, Registry};
+use crate::plugin::{PluginRuntime, RuntimeConfig, default_cache_dir, default_plugins_dir};
+use crate::server::{self, AppState, ServerConfig};
+
+/// Which model backend serves the pipelines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackendKind {
+    /// The local Qwen3 engine (candle), loading `--model`.
+    Candle,
+    /// Any OpenAI-compatible server at `--openai-base-url`.
+    Openai,
+    /// No model: echoes the last user message (for plugin authors and tests).
+    Echo,
+}
+
+/// Serve the pipelines over an OpenAI-compatible HTTP API.
+///
+/// Every flag can also be set with the environment variable shown.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on. Use 0.0.0.0:PORT to accept connections from other machines (and
+    /// set an API key).
+    #[arg(long, env = "PIPEHOST_ADDR", default_value = "127.0.0.1:8080")]
+    pub addr: SocketAddr,
+    /// The pipelines folder (`*.yaml`), watched for changes [default: ./pipelines].
+    #[arg(long, env = "PIPEHOST_PIPELINES_DIR", value_name = "DIR")]
+    pub pipelines: Option<PathBuf>,
+    /// The plugins folder (`*.wasm`), watched for changes [default: plugins/dist].
+    #[arg(long, env = "PIPEHOST_PLUGINS_DIR", value_name = "DIR")]
+    pub plugins: Option<PathBuf>,
+    /// The model: a HuggingFace hub id, a local model folder, or `echo` (no model; same as
+    /// `--backend echo`).
+    #[arg(long, env = "PIPEHOST_MODEL", value_name = "ID|DIR|echo", default_value = DEFAULT_MODEL)]
+    pub model: String,
+    /// The model backend [default: candle, or echo with `--model echo`].
+    #[arg(long, env = "PIPEHOST_BACKEND", value_enum)]
+    pub backend: Option<BackendKind>,
+    /// candle: auto (CUDA if compiled in and present, else CPU), cpu, cuda[:N] or metal[:N].
+    #[arg(long, env = "PIPEHOST_DEVICE", value_name = "D", default_value = "auto")]
+    pub device: DeviceChoice,
+    /// candle: auto (bf16 on GPU, f32 on CPU), f32, bf16 or f16.
+    #[arg(long, env = "PIPEHOST_DTYPE", value_name = "T", default_value = "auto")]
+    pub dtype: DTypeChoice,
+    /// openai: the upstream base URL including `/v1`, e.g. http://127.0.0.1:8000/v1.
+    #[arg(long, env = "PIPEHOST_OPENAI_BASE_URL", value_name = "URL")]
+    pub openai_base_url: Option<String>,
+    /// openai: the `model` sent upstream [default: --model].
+    #[arg(long, env = "PIPEHOST_OPENAI_MODEL", value_name = "NAME")]
+    pub openai_model: Option<String>,
+    /// openai: the environment variable holding the upstream API key.
+    #[arg(long, env = "PIPEHOST_OPENAI_API_KEY_ENV", value_name = "VAR", default_value = "OPENAI_API_KEY")]
+    pub openai_api_key_env: String,
+    /// Require `Authorization: Bearer KEY` on every endpoint but /healthz and /readyz.
+    #[arg(long, env = "PIPEHOST_API_KEY", value_name = "KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Largest request body in bytes; larger gets 413.
+    #[arg(long, env = "PIPEHOST_MAX_BODY_BYTES", value_name = "N", default_value_t = 1 << 20)]
+    pub max_body_bytes: usize,
+    /// Most generation requests admitted at once (running or queued); more get 429.
+    #[arg(long, env = "PIPEHOST_MAX_QUEUE", value_name = "N", default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_queue: u32,
+    /// After SIGINT/SIGTERM, seconds in-flight requests may take before they are cut.
+    #[arg(long, env = "PIPEHOST_DRAIN_SECS", value_name = "S", default_value_t = 30)]
+    pub drain_secs: u64,
+    /// A streaming client that reads nothing for this many seconds has its generation cancelled.
+    #[arg(long, env = "PIPEHOST_STALL_SECS", value_name = "S", default_value_t = 30)]
+    pub stall_secs: u64,
+    /// Do not watch the pipelines and plugins folders for changes.
+    #[arg(long, env = "PIPEHOST_NO_WATCH")]
+    pub no_watch: bool,
+}
+
+pub fn run(args: ServeArgs) -> Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("pipehost-http")
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(serve(args))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn serve(args: ServeArgs) -> Result<()> {
+    let kind = match args.backend {
+        Some(kind) => kind,
+        None if args.model == "echo" => BackendKind::Echo,
+        None => BackendKind::Candle,
+    };
+    // Bind first: a taken port fails fast, before a model load.
+    let listener =
+        tokio::net::TcpListener::bind(args.addr).await.with_context(|| format!("binding {}", args.addr))?;
+    let addr = listener.local_addr()?;
+
+    let backend = build_backend(kind, &args).await?;
+    let mut backends: HashMap<String, Arc<dyn Backend>> = HashMap::new();
+    if kind != BackendKind::Echo {
+        // Pipelines pinned to `backend: echo` work with any server.
+        backends.insert("echo".to_string(), backend::echo());
+    }
+    let executor = Arc::new(Executor::new(backend.clone(), backends));
+    let names = executor.backend_names();
+
+    let pipelines_dir = args.pipelines.clone().unwrap_or_else(crate::pipeline::default_pipelines_dir);
+    let plugins_dir = args.plugins.clone().unwrap_or_else(default_plugins_dir);
+    let plugin_runtime = PluginRuntime::new(&RuntimeConfig { cache_dir: default_cache_dir(), pooling: true })
+        .context("starting the plugin runtime")?;
+    let registry = tokio::task::spawn_blocking({
+        let (p, q) = (pipelines_dir.clone(), plugins_dir.clone());
+        move || Registry::load_with_backends(&p, &q, plugin_runtime, BackendNames::Only(names))
+    })
+    .await?;
+    let _watch = if args.no_watch {
+        None
+    } else {
+        Some(registry.watch().context("watching the pipelines and plugins folders")?)
+    };
+
+    let config = ServerConfig {
+        api_key: args.api_key.clone().filter(|k| !k.is_empty()),
+        max_body_bytes: args.max_body_bytes,
+        max_queue: args.max_queue as usize,
+        retry_after_secs: 1,
+        drain: Duration::from_secs(args.drain_secs),
+        stall_timeout: Duration::from_secs(args.stall_secs.max(1)),
+    };
+    print_banner(addr, &registry, backend.name(), &pipelines_dir, &plugins_dir, config.api_key.is_some());
+    let state = AppState::new(registry, executor, backend, config);
+    server::serve(listener, state, server::shutdown_signal()).await.context("serving HTTP")?;
+    eprintln!("pipehost: stopped");
+    Ok(())
+}
+
+async fn build_backend(kind: BackendKind, args: &ServeArgs) -> Result<Arc<dyn Backend>> {
+    Ok(match kind {
+        BackendKind::Echo => Arc::new(EchoBackend::new(EchoConfig::default())),
+        BackendKind::Openai => {
+            let Some(base_url) = args.openai_base_url.clone() else {
+                bail!("--backend openai needs --openai-base-url (or PIPEHOST_OPENAI_BASE_URL)");
+            };
+            let config = OpenAiConfig {
+                base_url,
+                model: args.openai_model.clone().unwrap_or_else(|| args.model.clone()),
+                api_key_env: Some(args.openai_api_key_env.clone()),
+                timeout_s: 60,
+            };
+            Arc::new(OpenAiBackend::new(config)?)
+        }
+        BackendKind::Candle => {
+            let mut spec = ModelSpec::new(&args.model);
+            spec.device = args.device;
+            spec.dtype = args.dtype;
+            let queue = args.max_queue as usize;
+            let name = args.model.clone();
+            eprintln!("pipehost: loading {name} ...");
+            let engine = tokio::task::spawn_blocking(move || -> Result<Engine> {
+                let model = model::load(&spec).with_context(|| format!("loading {name}"))?;
+                eprintln!("{}", model.info());
+                Ok(Engine::start(model, queue))
+            })
+            .await??;
+            Arc::new(CandleBackend::new(Arc::new(engine)))
+        }
+    })
+}
+
+fn print_banner(
+    addr: SocketAddr,
+    registry: &Registry,
+    backend: &str,
+    pipelines_dir: &std::path::Path,
+    plugins_dir: &std::path::Path,
+    api_key: bool,
+) {
+    eprintln!("pipehost: backend {backend}");
+    eprintln!("pipehost: pipelines from {}, plugins from {}", pipelines_dir.display(), plugins_dir.display());
+    let pipelines = registry.list();
+    if pipelines.is_empty() {
+        eprintln!("pipehost: no pipelines loaded");
+    }
+    for info in &pipelines {
+        let stages: Vec<&str> = info.stages.iter().map(|s| s.plugin.as_str()).collect();
+        eprintln!("  {:<16} {} -> model -> [{}]", info.name, info.prompt.plugin, stages.join(", "));
+    }
+    for err in registry.errors() {
+        eprintln!("  load error: {err}");
+    }
+    let auth = if api_key { " (API key required)" } else { "" };
+    eprintln!("pipehost: listening on http://{addr}{auth}  (POST /v1/chat/completions, GET /v1/models)");
+}
