@@ -86,7 +86,7 @@ fn runtime() -> PluginRuntime {
             let runtime = PluginRuntime::new(&config).unwrap();
             // Compile (or fetch from the cache) once, before the tests load them concurrently.
             runtime.load_prompt_builder("persona", &support::component("persona")).unwrap();
-            for name in ["dedupe", "punctuation", "tone"] {
+            for name in ["dedupe", "punctuation", "tone", "guest-evil"] {
                 runtime.load_post_processor(name, &support::component(name)).unwrap();
             }
             runtime
@@ -659,5 +659,58 @@ async fn tiny_reference_model_over_http() {
         })
         .collect();
     assert_eq!(streamed, whole, "greedy streaming equals whole text through the post-processors");
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_failures_name_the_stage() {
+    let evil = |mode: &str, extra: &str| {
+        format!(
+            "variables:\n  - {{ name: input, required: true }}\nprompt:\n  plugin: persona\n  config:\n    template: \"{{{{ input }}}}\"\npost:\n  - plugin: guest_evil\n    name: evil\n    config: {{ mode: {mode} }}\n{extra}"
+        )
+    };
+    let options = Options {
+        files: vec![
+            ("trap.yaml", evil("unreachable", "")),
+            ("slow.yaml", evil("loop", "    limits: { time_ms: 50 }\n")),
+            ("skip.yaml", evil("panic", "    on_error: skip\n")),
+        ],
+        ..Options::default()
+    };
+    let server = start(options).await;
+    let path = "/v1/chat/completions";
+    let request = |model: &str, stream: bool| {
+        let mut body = chat("hello.", stream);
+        body["model"] = json!(model);
+        body
+    };
+    let e = expect_error(server.post_json(path, &request("trap", false)).await, 500).await;
+    assert_eq!(e["type"], "server_error");
+    assert!(e["message"].as_str().unwrap().contains("evil"), "{e}");
+    let e = expect_error(server.post_json(path, &request("slow", false)).await, 504).await;
+    assert!(e["message"].as_str().unwrap().contains("evil"), "{e}");
+    assert_eq!(e["code"], "stage_timeout");
+    // on_error: skip: the answer passes the stage by, and says so.
+    let v: Value = server.post_json(path, &request("skip", false)).await.json().await.unwrap();
+    assert_eq!(v["choices"][0]["message"]["content"], "hello.", "{v}");
+    assert!(v["pipehost"]["stages"][1]["skipped_error"].is_string(), "{v}");
+    // Streaming: the failure comes as an error event, then [DONE].
+    let text = server.post_json(path, &request("trap", true)).await.text().await.unwrap();
+    let data = sse_data(&text);
+    assert_eq!(data.last().unwrap(), "[DONE]");
+    let error: Value = serde_json::from_str(&data[data.len() - 2]).unwrap();
+    assert!(error["error"]["message"].as_str().unwrap().contains("evil"), "{text}");
+    let metrics = server.metrics().await;
+    assert!(
+        metrics.contains("pipehost_plugin_errors_total{plugin=\"guest_evil\",cause=\"timeout\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metric_value(&metrics, "pipehost_plugin_errors_total{plugin=\"guest_evil\",cause=\"trap\"}") >= 1.0
+    );
+    assert!(
+        metrics.contains("pipehost_stage_skipped_total{pipeline=\"skip\",stage=\"evil\"} 1"),
+        "{metrics}"
+    );
     server.stop().await.unwrap();
 }
