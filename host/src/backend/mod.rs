@@ -219,7 +219,12 @@ mod tests {
 
     #[test]
     fn merge_prefers_overrides_and_validate_names_the_field() {
-        let base = GenerationParams { temperature: Some(0.8), top_p: Some(0.9), stop: vec!["x".into()], ..Default::default() };
+        let base = GenerationParams {
+            temperature: Some(0.8),
+            top_p: Some(0.9),
+            stop: vec!["x".into()],
+            ..Default::default()
+        };
         let over = GenerationParams { temperature: Some(0.2), ..Default::default() };
         let m = base.merged(&over);
         assert_eq!(m.temperature, Some(0.2));

@@ -196,7 +196,13 @@ async fn stream(
                     deltas += 1;
                     first_token_ms.get_or_insert_with(|| started.elapsed().as_secs_f64() * 1000.0);
                     if tx.send(BackendEvent::Delta(text.to_owned())).await.is_err() {
-                        return Ok(report(usage, deltas, Some(FinishReason::Cancelled), first_token_ms, started));
+                        return Ok(report(
+                            usage,
+                            deltas,
+                            Some(FinishReason::Cancelled),
+                            first_token_ms,
+                            started,
+                        ));
                     }
                 }
                 if let Some(reason) = choice.get("finish_reason").and_then(Value::as_str) {

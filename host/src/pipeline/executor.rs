@@ -27,7 +27,9 @@ use tokio::sync::mpsc;
 
 use super::load::Pipeline;
 use super::spec::OnError;
-use crate::backend::{Backend, BackendError, BackendEvent, BackendReport, BackendRequest, ChatMessage, GenerationParams};
+use crate::backend::{
+    Backend, BackendError, BackendEvent, BackendReport, BackendRequest, ChatMessage, GenerationParams,
+};
 use crate::plugin::{CallContext, Cause, PluginError, PluginStream};
 
 /// Events buffered between the pipeline thread and a slow client.
@@ -183,14 +185,22 @@ fn backend_error(e: BackendError) -> PipelineError {
 
 /// Checks request variables against the declarations; returns (name, value) pairs with
 /// defaults filled in, in declaration order.
-pub fn check_vars(pipeline: &Pipeline, vars: &BTreeMap<String, String>) -> Result<Vec<(String, String)>, PipelineError> {
-    let invalid = |name: &str, reason: String| PipelineError::InvalidVariable { name: name.to_owned(), reason };
+pub fn check_vars(
+    pipeline: &Pipeline,
+    vars: &BTreeMap<String, String>,
+) -> Result<Vec<(String, String)>, PipelineError> {
+    let invalid =
+        |name: &str, reason: String| PipelineError::InvalidVariable { name: name.to_owned(), reason };
     let declared: BTreeSet<&str> = pipeline.variables.iter().map(|v| v.name.as_str()).collect();
     if let Some(unknown) = vars.keys().find(|k| !declared.contains(k.as_str())) {
         let list: Vec<String> = pipeline.variables.iter().map(|v| format!("`{}`", v.name)).collect();
         return Err(invalid(
             unknown,
-            format!("not declared by pipeline `{}` (it takes: {})", pipeline.name, if list.is_empty() { "none".into() } else { list.join(", ") }),
+            format!(
+                "not declared by pipeline `{}` (it takes: {})",
+                pipeline.name,
+                if list.is_empty() { "none".into() } else { list.join(", ") }
+            ),
         ));
     }
     let mut out = Vec::new();
@@ -309,7 +319,11 @@ impl Executor {
     }
 
     /// Whole-text mode: prompt builder → backend (collected) → every stage's `process`.
-    pub async fn run(&self, pipeline: Arc<Pipeline>, request: RunRequest) -> Result<RunRecord, PipelineError> {
+    pub async fn run(
+        &self,
+        pipeline: Arc<Pipeline>,
+        request: RunRequest,
+    ) -> Result<RunRecord, PipelineError> {
         let run_start = Instant::now();
         let mut s = self.start(&pipeline, &request).await?;
         let mut raw = String::new();
@@ -322,7 +336,11 @@ impl Executor {
                 }
                 Some(BackendEvent::Done(r)) => break r,
                 Some(BackendEvent::Error(e)) => return Err(backend_error(e)),
-                None => return Err(PipelineError::Backend(BackendError::Failed("the backend stopped without finishing".into()))),
+                None => {
+                    return Err(PipelineError::Backend(BackendError::Failed(
+                        "the backend stopped without finishing".into(),
+                    )));
+                }
             }
         };
         let generation_ms = ms(s.generation_start);
@@ -382,7 +400,13 @@ fn usage(r: &BackendReport) -> Usage {
 
 fn stage_report(p: &Pipeline, i: usize, ms: f64, skipped_error: Option<String>) -> StageReport {
     let s = &p.stages[i];
-    StageReport { stage: s.name.clone(), plugin: s.plugin.clone(), sha256: s.sha256().to_owned(), ms, skipped_error }
+    StageReport {
+        stage: s.name.clone(),
+        plugin: s.plugin.clone(),
+        sha256: s.sha256().to_owned(),
+        ms,
+        skipped_error,
+    }
 }
 
 fn ctx(p: &Pipeline, request_id: &str, stage: &str) -> CallContext {
@@ -390,11 +414,16 @@ fn ctx(p: &Pipeline, request_id: &str, stage: &str) -> CallContext {
 }
 
 /// Whole-text post-processing (blocking).
-fn process_all(p: &Pipeline, request_id: &str, mut text: String) -> Result<(String, Vec<StageReport>), PipelineError> {
+fn process_all(
+    p: &Pipeline,
+    request_id: &str,
+    mut text: String,
+) -> Result<(String, Vec<StageReport>), PipelineError> {
     let mut reports = Vec::new();
     for (i, stage) in p.stages.iter().enumerate() {
         let t = Instant::now();
-        let result = stage.processor.process(&text, &ctx(p, request_id, &stage.name), &stage.config, &stage.limits);
+        let result =
+            stage.processor.process(&text, &ctx(p, request_id, &stage.name), &stage.config, &stage.limits);
         let mut skipped = None;
         match result {
             Ok(out) => text = out,
@@ -449,7 +478,8 @@ impl Chain<'_> {
         let mut out = Vec::new();
         for stage in &p.stages {
             let t = Instant::now();
-            let opened = stage.processor.open_stream(&ctx(p, request_id, &stage.name), &stage.config, &stage.limits);
+            let opened =
+                stage.processor.open_stream(&ctx(p, request_id, &stage.name), &stage.config, &stage.limits);
             let (stream, skipped) = match opened {
                 Ok(s) => (Some(s), None),
                 Err(error) if stage.on_error == OnError::Skip => (None, Some(error.to_string())),
@@ -496,12 +526,18 @@ impl Chain<'_> {
                     text = out.emit;
                 }
                 Err(error) if skip => {
-                    tracing::warn!(pipeline = self.p.name, request_id = self.request_id, "stage skipped: {error}");
+                    tracing::warn!(
+                        pipeline = self.p.name,
+                        request_id = self.request_id,
+                        "stage skipped: {error}"
+                    );
                     st.stream = None;
                     st.skipped = Some(error.to_string());
                     text = st.passthrough_after_failure();
                 }
-                Err(error) => return Err(PipelineError::Stage { stage: self.p.stages[i].name.clone(), error }),
+                Err(error) => {
+                    return Err(PipelineError::Stage { stage: self.p.stages[i].name.clone(), error });
+                }
             }
         }
         Ok((text, stop))
@@ -529,7 +565,9 @@ impl Chain<'_> {
                         st.skipped = Some(error.to_string());
                         out.push_str(&st.passthrough_after_failure());
                     }
-                    Err(error) => return Err(PipelineError::Stage { stage: self.p.stages[i].name.clone(), error }),
+                    Err(error) => {
+                        return Err(PipelineError::Stage { stage: self.p.stages[i].name.clone(), error });
+                    }
                 }
             }
             carry = out;
@@ -552,7 +590,11 @@ impl Chain<'_> {
     }
 
     fn reports(&self) -> Vec<StageReport> {
-        self.stages.iter().enumerate().map(|(i, s)| stage_report(self.p, i, s.ms, s.skipped.clone())).collect()
+        self.stages
+            .iter()
+            .enumerate()
+            .map(|(i, s)| stage_report(self.p, i, s.ms, s.skipped.clone()))
+            .collect()
     }
 }
 

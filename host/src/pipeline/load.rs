@@ -260,8 +260,14 @@ pub(crate) fn with_suggestion(message: &str) -> String {
     else {
         return message.to_owned();
     };
+    // serde says "expected one of `a`, `b`"; serde-saphyr "expected one of a, b".
     let expected_part = message.split("expected").nth(1).unwrap_or("");
-    let candidates: Vec<&str> = expected_part.split('`').skip(1).step_by(2).collect();
+    let expected_part = expected_part.trim_start().trim_start_matches("one of").trim_start_matches("either");
+    let candidates: Vec<&str> = expected_part
+        .split([',', ' '])
+        .map(|c| c.trim().trim_matches('`'))
+        .filter(|c| !c.is_empty() && *c != "or")
+        .collect();
     let best = candidates
         .iter()
         .map(|c| (strsim::jaro_winkler(unknown, c), *c))
@@ -314,7 +320,13 @@ fn limits(spec: Option<&Spanned<LimitsSpec>>) -> Result<Limits, (Option<Location
             limits.output_bytes = o;
         }
         limits.check().map_err(|m| {
-            (loc(s), m.replace("limits.memory_bytes must be between 2097152 and 1073741824", "limits.memory_mb must be between 2 and 1024"))
+            (
+                loc(s),
+                m.replace(
+                    "limits.memory_bytes must be between 2097152 and 1073741824",
+                    "limits.memory_mb must be between 2 and 1024",
+                ),
+            )
         })?;
     }
     Ok(limits)
@@ -369,19 +381,27 @@ fn build(
         if !is_identifier(&vname) {
             return Err(at(
                 vloc,
-                format!("variable name {vname:?}: use ASCII letters, digits and `_`, not starting with a digit"),
+                format!(
+                    "variable name {vname:?}: use ASCII letters, digits and `_`, not starting with a digit"
+                ),
             ));
         }
         if !seen.insert(vname.clone()) {
             return Err(at(vloc, format!("variable `{vname}` is declared twice")));
         }
         if v.required && v.default.is_some() {
-            return Err(at(vloc, format!("variable `{vname}`: `required: true` and `default` exclude each other")));
+            return Err(at(
+                vloc,
+                format!("variable `{vname}`: `required: true` and `default` exclude each other"),
+            ));
         }
         if let (Some(max), Some(d)) = (v.max_chars, &v.default)
             && d.chars().count() > max
         {
-            return Err(at(vloc, format!("variable `{vname}`: `default` is longer than `max_chars` ({max})")));
+            return Err(at(
+                vloc,
+                format!("variable `{vname}`: `default` is longer than `max_chars` ({max})"),
+            ));
         }
         variables.push(Variable {
             name: vname,
@@ -401,13 +421,17 @@ fn build(
             format!("`input_variable`: `{input_variable}` is not declared under `variables`"),
         ));
     }
-    let ctx = |stage: &str| CallContext { pipeline: name.clone(), request_id: "load".into(), stage: stage.into() };
+    let ctx =
+        |stage: &str| CallContext { pipeline: name.clone(), request_id: "load".into(), stage: stage.into() };
 
     // Prompt stage.
     let p = &spec.prompt;
     let prompt_plugin = p.plugin.value.clone();
-    let builder = plugins.prompt_builder(&prompt_plugin).map_err(|m| at(loc(&p.plugin), format!("`prompt.plugin`: {m}")))?;
-    check_pin(p.sha256.as_ref(), builder.meta().sha256.as_str()).map_err(|(l, m)| at(l, format!("`prompt.sha256`: {m}")))?;
+    let builder = plugins
+        .prompt_builder(&prompt_plugin)
+        .map_err(|m| at(loc(&p.plugin), format!("`prompt.plugin`: {m}")))?;
+    check_pin(p.sha256.as_ref(), builder.meta().sha256.as_str())
+        .map_err(|(l, m)| at(l, format!("`prompt.sha256`: {m}")))?;
     let prompt_limits = limits(p.limits.as_ref()).map_err(|(l, m)| at(l, format!("`prompt.limits`: {m}")))?;
     let mut prompt_config = config_json(p.config.as_ref());
     let config_loc = p.config.as_ref().and_then(loc).or(loc(&p.plugin));
@@ -459,19 +483,31 @@ fn build(
         if !stage_names.insert(stage_name.clone()) {
             return Err(at(
                 sloc,
-                format!("`{field}`: stage name `{stage_name}` is used twice; give the stage a distinct `name:`"),
+                format!(
+                    "`{field}`: stage name `{stage_name}` is used twice; give the stage a distinct `name:`"
+                ),
             ));
         }
-        let processor = plugins.post_processor(&plugin).map_err(|m| at(loc(&s.plugin), format!("`{field}.plugin`: {m}")))?;
+        let processor = plugins
+            .post_processor(&plugin)
+            .map_err(|m| at(loc(&s.plugin), format!("`{field}.plugin`: {m}")))?;
         check_pin(s.sha256.as_ref(), processor.meta().sha256.as_str())
             .map_err(|(l, m)| at(l, format!("`{field}.sha256`: {m}")))?;
-        let stage_limits = limits(s.limits.as_ref()).map_err(|(l, m)| at(l, format!("`{field}.limits`: {m}")))?;
+        let stage_limits =
+            limits(s.limits.as_ref()).map_err(|(l, m)| at(l, format!("`{field}.limits`: {m}")))?;
         let config = config_json(s.config.as_ref()).to_string();
         let config_loc = s.config.as_ref().and_then(loc).or(loc(&s.plugin));
         processor
             .validate_config(&config, &ctx(&stage_name), &stage_limits)
             .map_err(|e| at(config_loc, format!("`{field}.config`: {e}")))?;
-        stages.push(PostStage { name: stage_name, plugin, processor, config, limits: stage_limits, on_error: s.on_error });
+        stages.push(PostStage {
+            name: stage_name,
+            plugin,
+            processor,
+            config,
+            limits: stage_limits,
+            on_error: s.on_error,
+        });
     }
 
     Ok(Pipeline {
@@ -508,6 +544,8 @@ mod tests {
     #[test]
     fn suggests_the_closest_field() {
         let m = with_suggestion("unknown field `tempratur`, expected one of `temperature`, `top_p`");
+        assert!(m.ends_with("did you mean `temperature`?"), "{m}");
+        let m = with_suggestion("unknown field `tempratur`, expected one of temperature, top_p, stop");
         assert!(m.ends_with("did you mean `temperature`?"), "{m}");
         let m = with_suggestion("unknown field `zzz`, expected one of `temperature`, `top_p`");
         assert!(!m.contains("did you mean"), "{m}");

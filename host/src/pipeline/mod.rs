@@ -14,7 +14,13 @@ pub mod load;
 mod registry;
 pub mod spec;
 
-pub use executor::{Executor, PipelineError, RunEvent, RunRecord, RunRequest, StageReport, Timings, Usage, check_vars};
-pub use load::{BackendNames, LoadError, MAX_FILE_BYTES, Pipeline, PluginCache, PostStage, PromptStage, Variable};
-pub use registry::{DEBOUNCE, PipelineInfo, ReloadStats, Registry, StageInfo, WatchHandle, default_pipelines_dir};
+pub use executor::{
+    Executor, PipelineError, RunEvent, RunRecord, RunRequest, StageReport, Timings, Usage, check_vars,
+};
+pub use load::{
+    BackendNames, LoadError, MAX_FILE_BYTES, Pipeline, PluginCache, PostStage, PromptStage, Variable,
+};
+pub use registry::{
+    DEBOUNCE, PipelineInfo, Registry, ReloadStats, StageInfo, WatchHandle, default_pipelines_dir,
+};
 pub use spec::{OnError, PipelineSpec, json_schema};

@@ -231,7 +231,11 @@ impl Registry {
                 }
             }
             Err(error) => {
-                tracing::warn!("{error}");
+                if count {
+                    tracing::warn!("reload failed, the previous version keeps serving: {error}");
+                } else {
+                    tracing::debug!("{error}");
+                }
                 entry.error = Some(error);
                 if count {
                     self.inner.failures.fetch_add(1, Ordering::Relaxed);
