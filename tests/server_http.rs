@@ -714,3 +714,50 @@ async fn plugin_failures_name_the_stage() {
     );
     server.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_that_never_reads_is_cancelled() {
+    use tokio::io::AsyncWriteExt;
+    // A long answer in big chunks, no post-processors: fills every buffer between the model and
+    // a client that sends its request and then reads nothing.
+    let echo = Arc::new(EchoBackend::new(EchoConfig {
+        text: Some("x".repeat(48 << 20)),
+        chunk_chars: 1 << 16,
+        ..EchoConfig::default()
+    }));
+    let plain = "variables:\n  - { name: input }\nprompt:\n  plugin: persona\n  config:\n    template: \"{{ input }}.\"\n";
+    let options = Options {
+        config: ServerConfig { stall_timeout: Duration::from_millis(300), ..ServerConfig::default() },
+        backend: Some(echo.clone()),
+        files: vec![("plain.yaml", plain.to_string())],
+        ..Options::default()
+    };
+    let server = start(options).await;
+    let body = json!({"model": "plain", "stream": true, "messages": [{"role": "user", "content": "hi"}]})
+        .to_string();
+    let mut socket = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let request = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    socket.write_all(request.as_bytes()).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let metrics = server.metrics().await;
+        if metric_value(&metrics, "pipehost_requests_cancelled_total{reason=\"stalled\"}") >= 1.0 {
+            assert!(metrics.contains("pipehost_queue_depth 0"), "{metrics}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "stalled client not cancelled:\n{metrics}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The server stays responsive, and the model was told to stop.
+    assert_eq!(server.get("/healthz").await.status(), 200);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while echo.cancelled_count() == 0 {
+        assert!(Instant::now() < deadline, "backend not cancelled");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(socket);
+    server.stop().await.unwrap();
+}
