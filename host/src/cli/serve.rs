@@ -63,9 +63,10 @@ pub struct ServeArgs {
     /// openai: the `model` sent upstream [default: --model].
     #[arg(long, env = "PIPEHOST_OPENAI_MODEL", value_name = "NAME")]
     pub openai_model: Option<String>,
-    /// openai: the environment variable holding the upstream API key.
-    #[arg(long, env = "PIPEHOST_OPENAI_API_KEY_ENV", value_name = "VAR", default_value = "OPENAI_API_KEY")]
-    pub openai_api_key_env: String,
+    /// openai: the environment variable holding the upstream API key, e.g. OPENAI_API_KEY
+    /// [default: none, no Authorization header upstream].
+    #[arg(long, env = "PIPEHOST_OPENAI_API_KEY_ENV", value_name = "VAR")]
+    pub openai_api_key_env: Option<String>,
     /// Require `Authorization: Bearer KEY` on every endpoint but /healthz and /readyz.
     #[arg(long, env = "PIPEHOST_API_KEY", value_name = "KEY", hide_env_values = true)]
     pub api_key: Option<String>,
@@ -157,7 +158,7 @@ async fn build_backend(kind: BackendKind, args: &ServeArgs) -> Result<Arc<dyn Ba
             let config = OpenAiConfig {
                 base_url,
                 model: args.openai_model.clone().unwrap_or_else(|| args.model.clone()),
-                api_key_env: Some(args.openai_api_key_env.clone()),
+                api_key_env: args.openai_api_key_env.clone(),
                 timeout_s: 60,
             };
             Arc::new(OpenAiBackend::new(config)?)

@@ -189,12 +189,7 @@ fn params(req: &ChatRequest) -> Result<GenerationParams, ApiError> {
 }
 
 /// Builds the pipeline request: last user message → input variable, the rest → history.
-fn run_request(
-    state: &AppState,
-    req: &ChatRequest,
-    input_variable: &str,
-    id: &str,
-) -> Result<RunRequest, ApiError> {
+fn run_request(req: &ChatRequest, input_variable: &str, id: &str) -> Result<RunRequest, ApiError> {
     if req.n.is_some_and(|n| n != 1) {
         return Err(ApiError::bad_request("unsupported_value", "only `n: 1` is supported").with_param("n"));
     }
@@ -230,7 +225,6 @@ fn run_request(
     let options = req.pipehost.as_ref();
     let mut vars = options.map(|o| o.vars.clone()).unwrap_or_default();
     vars.insert(input_variable.to_string(), content_text(req.messages.len() - 1, &last.content)?);
-    let _ = state;
     Ok(RunRequest {
         request_id: id.to_string(),
         vars,
@@ -282,7 +276,7 @@ pub async fn chat_completions(
         return Err(ApiError::unknown_pipeline(&req.model));
     };
     let id = state.request_id("chatcmpl");
-    let request = run_request(&state, &req, &pipeline.input_variable, &id)?;
+    let request = run_request(&req, &pipeline.input_variable, &id)?;
     let permit = state.admit()?;
     let created = unix_now();
     let model = req.model.clone();
