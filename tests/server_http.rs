@@ -761,3 +761,26 @@ async fn client_that_never_reads_is_cancelled() {
     drop(socket);
     server.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whole_text_client_disconnect_cancels_generation() {
+    let echo =
+        Arc::new(EchoBackend::new(EchoConfig { chunk_chars: 1, delay_ms: 10, ..EchoConfig::default() }));
+    let server = start(Options { backend: Some(echo.clone()), ..Options::default() }).await;
+    let input: String = (0..300).map(|i| format!("第{i}句。")).collect();
+    let client = reqwest::Client::builder().timeout(Duration::from_millis(300)).build().unwrap();
+    let result =
+        client.post(server.url("/v1/chat/completions")).body(chat(&input, false).to_string()).send().await;
+    assert!(result.is_err(), "the client gives up first");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while echo.cancelled_count() == 0 {
+        assert!(Instant::now() < deadline, "generation went on after the client left");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let metrics = server.metrics().await;
+    assert!(
+        metric_value(&metrics, "pipehost_requests_cancelled_total{reason=\"disconnect\"}") >= 1.0,
+        "{metrics}"
+    );
+    server.stop().await.unwrap();
+}
