@@ -205,3 +205,28 @@ fn print_banner(
     let auth = if api_key { " (API key required)" } else { "" };
     eprintln!("pipehost: listening on http://{addr}{auth}  (POST /v1/chat/completions, GET /v1/models)");
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    #[test]
+    fn flags_parse_with_defaults() {
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from(["pipehost", "--model", "echo", "--max-queue", "3"]).unwrap();
+        assert_eq!(cli.serve.max_queue, 3);
+        if std::env::var_os("PIPEHOST_ADDR").is_none() {
+            assert_eq!(cli.serve.addr.to_string(), "127.0.0.1:8080");
+        }
+        assert!(Cli::try_parse_from(["pipehost", "--max-queue", "0"]).is_err());
+        assert!(Cli::try_parse_from(["pipehost", "--backend", "nope"]).is_err());
+    }
+}
