@@ -210,6 +210,20 @@ fn duplicate_keys_names_and_stages() {
 }
 
 #[test]
+fn every_independent_problem_of_a_file_is_reported() {
+    let yaml = "backend: gpt5\nparams: {top_p: 7}\nprompt:\n  plugin: nothere\npost:\n  - plugin: truncate\n    config: {max: 0}\n  - plugin: ../x\n  - plugin: dedupe\n";
+    let (registry, _p, _q) = load(&[("bad.yaml", yaml)]);
+    let lines: Vec<String> = registry.errors().iter().map(|e| e.to_string()).collect();
+    let at: Vec<String> =
+        lines.iter().map(|l| l.split(": ").next().unwrap().rsplit('/').next().unwrap().to_owned()).collect();
+    assert_eq!(
+        at,
+        ["bad.yaml:1:10", "bad.yaml:2:9", "bad.yaml:4:11", "bad.yaml:7:13", "bad.yaml:8:13"],
+        "{lines:#?}"
+    );
+}
+
+#[test]
 fn enormous_files_are_rejected_unread() {
     let big = format!("description: \"{}\"\n", "x".repeat(2 << 20));
     let e = error_of(&big);

@@ -279,15 +279,15 @@ pub(crate) fn with_suggestion(message: &str) -> String {
     }
 }
 
-/// Reads, parses and validates one pipeline file. `taken` maps pipeline names already defined
+/// Reads, parses and validates one pipeline file; on failure, every problem found (at least one). `taken` maps pipeline names already defined
 /// to the file that defines them (for duplicate detection).
 pub fn load_file(
     file: &Path,
     plugins: &PluginCache,
     backends: &BackendNames,
     taken: &HashMap<String, PathBuf>,
-) -> Result<Pipeline, LoadError> {
-    let at = |loc: Option<Location>, m: String| LoadError::at(file, loc, m);
+) -> Result<Pipeline, Vec<LoadError>> {
+    let at = |loc: Option<Location>, m: String| vec![LoadError::at(file, loc, m)];
     let meta = std::fs::metadata(file).map_err(|e| at(None, format!("cannot read: {e}")))?;
     if meta.len() > MAX_FILE_BYTES {
         return Err(at(
@@ -298,7 +298,7 @@ pub fn load_file(
     let bytes = std::fs::read(file).map_err(|e| at(None, format!("cannot read: {e}")))?;
     let sha256 = hex::encode(Sha256::digest(&bytes));
     let text = String::from_utf8(bytes).map_err(|e| at(None, format!("not UTF-8: {e}")))?;
-    let spec = parse(file, &text)?;
+    let spec = parse(file, &text).map_err(|e| vec![e])?;
     build(file, sha256, spec, plugins, backends, taken)
 }
 
@@ -346,16 +346,20 @@ fn build(
     plugins: &PluginCache,
     backends: &BackendNames,
     taken: &HashMap<String, PathBuf>,
-) -> Result<Pipeline, LoadError> {
+) -> Result<Pipeline, Vec<LoadError>> {
     let at = |loc: Option<Location>, m: String| LoadError::at(file, loc, m);
+    // Every independent problem is collected, so `pipehost check` shows them all at once.
+    let mut errs: Vec<LoadError> = Vec::new();
     // Name.
     let (name, name_loc) = match &spec.name {
         Some(n) => (n.value.clone(), loc(n)),
         None => (name_from_path(file), None),
     };
-    validate_pipeline_name(&name).map_err(|m| at(name_loc, format!("`name`: {m}")))?;
+    if let Err(m) = validate_pipeline_name(&name) {
+        errs.push(at(name_loc, format!("`name`: {m}")));
+    }
     if let Some(other) = taken.get(&name).filter(|other| other.as_path() != file) {
-        return Err(at(
+        errs.push(at(
             name_loc,
             format!("duplicate pipeline name `{name}`: already defined by {}", other.display()),
         ));
@@ -364,14 +368,16 @@ fn build(
     if let Some(b) = &spec.backend
         && !backends.allows(&b.value)
     {
-        return Err(at(
+        errs.push(at(
             loc(b),
             format!("`backend`: unknown backend `{}`; available: {}", b.value, backends.list()),
         ));
     }
     // Params.
     let params = spec.params.as_ref().map(|p| p.value.clone()).unwrap_or_default();
-    params.validate().map_err(|m| at(spec.params.as_ref().and_then(loc), format!("`params`: {m}")))?;
+    if let Err(m) = params.validate() {
+        errs.push(at(spec.params.as_ref().and_then(loc), format!("`params`: {m}")));
+    }
     // Variables.
     let mut variables = Vec::new();
     let mut seen = BTreeSet::new();
@@ -379,29 +385,30 @@ fn build(
         let vloc = loc(&v.name);
         let vname = v.name.value.clone();
         if !is_identifier(&vname) {
-            return Err(at(
+            errs.push(at(
                 vloc,
                 format!(
                     "variable name {vname:?}: use ASCII letters, digits and `_`, not starting with a digit"
                 ),
             ));
+            continue;
         }
         if !seen.insert(vname.clone()) {
-            return Err(at(vloc, format!("variable `{vname}` is declared twice")));
+            errs.push(at(vloc, format!("variable `{vname}` is declared twice")));
+            continue;
         }
         if v.required && v.default.is_some() {
-            return Err(at(
+            errs.push(at(
                 vloc,
                 format!("variable `{vname}`: `required: true` and `default` exclude each other"),
             ));
+            continue;
         }
         if let (Some(max), Some(d)) = (v.max_chars, &v.default)
             && d.chars().count() > max
         {
-            return Err(at(
-                vloc,
-                format!("variable `{vname}`: `default` is longer than `max_chars` ({max})"),
-            ));
+            errs.push(at(vloc, format!("variable `{vname}`: `default` is longer than `max_chars` ({max})")));
+            continue;
         }
         variables.push(Variable {
             name: vname,
@@ -416,7 +423,7 @@ fn build(
         None => ("input".to_owned(), None),
     };
     if spec.input_variable.is_some() && !seen.contains(&input_variable) {
-        return Err(at(
+        errs.push(at(
             input_loc,
             format!("`input_variable`: `{input_variable}` is not declared under `variables`"),
         ));
@@ -425,6 +432,7 @@ fn build(
         |stage: &str| CallContext { pipeline: name.clone(), request_id: "load".into(), stage: stage.into() };
 
     // Prompt stage.
+    let prompt = (|| -> Result<PromptStage, LoadError> {
     let p = &spec.prompt;
     let prompt_plugin = p.plugin.value.clone();
     let builder = plugins
@@ -468,7 +476,10 @@ fn build(
     builder
         .validate_config(&prompt_config, &ctx("prompt"), &prompt_limits)
         .map_err(|e| at(config_loc, format!("`prompt.config`: {e}")))?;
-    let prompt = PromptStage { plugin: prompt_plugin, builder, config: prompt_config, limits: prompt_limits };
+    Ok(PromptStage { plugin: prompt_plugin, builder, config: prompt_config, limits: prompt_limits })
+    })()
+    .map_err(|e| errs.push(e))
+    .ok();
 
     // Post stages.
     let mut stages = Vec::new();
@@ -481,34 +492,44 @@ fn build(
             None => (plugin.clone(), loc(&s.plugin)),
         };
         if !stage_names.insert(stage_name.clone()) {
-            return Err(at(
+            errs.push(at(
                 sloc,
                 format!(
                     "`{field}`: stage name `{stage_name}` is used twice; give the stage a distinct `name:`"
                 ),
             ));
+            continue;
         }
-        let processor = plugins
-            .post_processor(&plugin)
-            .map_err(|m| at(loc(&s.plugin), format!("`{field}.plugin`: {m}")))?;
-        check_pin(s.sha256.as_ref(), processor.meta().sha256.as_str())
-            .map_err(|(l, m)| at(l, format!("`{field}.sha256`: {m}")))?;
-        let stage_limits =
-            limits(s.limits.as_ref()).map_err(|(l, m)| at(l, format!("`{field}.limits`: {m}")))?;
-        let config = config_json(s.config.as_ref()).to_string();
-        let config_loc = s.config.as_ref().and_then(loc).or(loc(&s.plugin));
-        processor
-            .validate_config(&config, &ctx(&stage_name), &stage_limits)
-            .map_err(|e| at(config_loc, format!("`{field}.config`: {e}")))?;
-        stages.push(PostStage {
-            name: stage_name,
-            plugin,
-            processor,
-            config,
-            limits: stage_limits,
-            on_error: s.on_error,
-        });
+        let stage = (|| -> Result<PostStage, LoadError> {
+            let processor = plugins
+                .post_processor(&plugin)
+                .map_err(|m| at(loc(&s.plugin), format!("`{field}.plugin`: {m}")))?;
+            check_pin(s.sha256.as_ref(), processor.meta().sha256.as_str())
+                .map_err(|(l, m)| at(l, format!("`{field}.sha256`: {m}")))?;
+            let stage_limits =
+                limits(s.limits.as_ref()).map_err(|(l, m)| at(l, format!("`{field}.limits`: {m}")))?;
+            let config = config_json(s.config.as_ref()).to_string();
+            let config_loc = s.config.as_ref().and_then(loc).or(loc(&s.plugin));
+            processor
+                .validate_config(&config, &ctx(&stage_name), &stage_limits)
+                .map_err(|e| at(config_loc, format!("`{field}.config`: {e}")))?;
+            Ok(PostStage {
+                name: stage_name,
+                plugin,
+                processor,
+                config,
+                limits: stage_limits,
+                on_error: s.on_error,
+            })
+        })();
+        match stage {
+            Ok(stage) => stages.push(stage),
+            Err(e) => errs.push(e),
+        }
     }
+    let Some(prompt) = prompt.filter(|_| errs.is_empty()) else {
+        return Err(errs);
+    };
 
     Ok(Pipeline {
         name,

@@ -65,7 +65,8 @@ pub struct PipelineInfo {
     pub variables: Vec<Variable>,
     pub prompt: StageInfo,
     pub stages: Vec<StageInfo>,
-    /// The last failed reload of this pipeline's file (the version shown keeps serving).
+    /// The last failed reload of this pipeline's file, one `file:line:col: message` per line
+    /// (the version shown keeps serving).
     pub last_error: Option<String>,
 }
 
@@ -73,7 +74,8 @@ pub struct PipelineInfo {
 struct FileEntry {
     /// The pipeline this file currently serves.
     serving: Option<String>,
-    error: Option<LoadError>,
+    /// Problems of the last load (empty when it succeeded).
+    errors: Vec<LoadError>,
 }
 
 #[derive(Default)]
@@ -177,7 +179,7 @@ impl Registry {
     /// The current error of every file that failed its last load, in file order.
     pub fn errors(&self) -> Vec<LoadError> {
         let state = self.inner.state.read().unwrap();
-        state.files.values().filter_map(|f| f.error.clone()).collect()
+        state.files.values().flat_map(|f| f.errors.iter().cloned()).collect()
     }
 
     pub fn stats(&self) -> ReloadStats {
@@ -220,7 +222,7 @@ impl Registry {
         match result {
             Ok(pipeline) => {
                 let old = entry.serving.replace(pipeline.name.clone());
-                entry.error = None;
+                entry.errors.clear();
                 if let Some(old) = old.filter(|o| *o != pipeline.name) {
                     state.pipelines.remove(&old);
                 }
@@ -230,13 +232,15 @@ impl Registry {
                     self.inner.reloads.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            Err(error) => {
-                if count {
-                    tracing::warn!("reload failed, the previous version keeps serving: {error}");
-                } else {
-                    tracing::debug!("{error}");
+            Err(errors) => {
+                for error in &errors {
+                    if count {
+                        tracing::warn!("reload failed, the previous version keeps serving: {error}");
+                    } else {
+                        tracing::debug!("{error}");
+                    }
                 }
-                entry.error = Some(error);
+                entry.errors = errors;
                 if count {
                     self.inner.failures.fetch_add(1, Ordering::Relaxed);
                 }
@@ -253,7 +257,7 @@ impl Registry {
                 .files
                 .iter()
                 .filter(|(_, e)| {
-                    e.error.is_some()
+                    !e.errors.is_empty()
                         || e.serving.as_ref().and_then(|n| state.pipelines.get(n)).is_some_and(|p| {
                             p.prompt.plugin == plugin || p.stages.iter().any(|s| s.plugin == plugin)
                         })
@@ -329,7 +333,11 @@ fn canonical(p: &Path) -> PathBuf {
 fn info_of(state: &State, name: &str) -> Option<PipelineInfo> {
     let p = state.pipelines.get(name)?;
     let file_name = p.file.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
-    let last_error = state.files.get(&file_name).and_then(|f| f.error.as_ref()).map(|e| e.to_string());
+    let last_error = state
+        .files
+        .get(&file_name)
+        .filter(|f| !f.errors.is_empty())
+        .map(|f| f.errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"));
     Some(PipelineInfo {
         name: p.name.clone(),
         description: p.description.clone(),
