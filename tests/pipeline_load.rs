@@ -294,6 +294,37 @@ fn check_and_schema_commands() {
     assert!(lines[0].contains("a.yaml:2:11: "), "{stdout}");
     assert!(lines[1].contains("b.yaml:2:3: "), "{stdout}");
 
+    // `run` with the echo backend: the rendered prompt, post-processed, and the record.
+    let out = Command::new(exe)
+        .args([
+            "run",
+            "qa",
+            "--backend",
+            "echo",
+            "--json",
+            "--input",
+            "天气很好很好很好。天气很好很好很好。",
+            "--pipelines",
+        ])
+        .arg(support::repo_root().join("pipelines"))
+        .arg("--plugins")
+        .arg(plugins.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let record: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(record["text"], "天气很好很好。");
+    assert_eq!(record["stages"].as_array().unwrap().len(), 4);
+    let out = Command::new(exe)
+        .args(["run", "qa", "--backend", "echo", "--var", "nope=1", "--pipelines"])
+        .arg(support::repo_root().join("pipelines"))
+        .arg("--plugins")
+        .arg(plugins.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("variable `nope`"));
+
     let out = Command::new(exe).arg("schema").output().unwrap();
     assert!(out.status.success());
     let schema: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

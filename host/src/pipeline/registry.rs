@@ -322,7 +322,7 @@ impl Registry {
                 }
             }
         })?;
-        Ok(WatchHandle { _watcher: Box::new(watcher), _thread: thread })
+        Ok(WatchHandle { _watcher: Mutex::new(Box::new(watcher)), _thread: thread })
     }
 }
 
@@ -369,6 +369,7 @@ fn info_of(state: &State, name: &str) -> Option<PipelineInfo> {
 
 /// Keeps the watcher alive; dropping it stops watching (the reload thread then exits).
 pub struct WatchHandle {
-    _watcher: Box<dyn notify::Watcher + Send>,
+    // In a mutex only to make the handle `Sync` (it can live in shared server state).
+    _watcher: Mutex<Box<dyn notify::Watcher + Send>>,
     _thread: std::thread::JoinHandle<()>,
 }
