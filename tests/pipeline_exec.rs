@@ -312,7 +312,6 @@ fn openai_backend_streams_from_a_compatible_server() {
     )]);
     rt().block_on(async {
         let (url, server) = sse_server(vec!["Hello. ", "Hello. ", "Bye."]);
-        // SAFETY: set once, read by the backend constructor in this test only.
         let backend = OpenAiBackend::new(OpenAiConfig {
             base_url: url,
             model: "upstream-model".into(),
@@ -331,6 +330,67 @@ fn openai_backend_streams_from_a_compatible_server() {
         assert!(request.starts_with("POST /v1/chat/completions"), "{request}");
         assert!(request.contains("\"model\":\"upstream-model\""), "{request}");
         assert!(request.contains("\"max_tokens\":9") && request.contains("\"stream\":true"), "{request}");
+    });
+}
+
+#[test]
+fn openai_backend_maps_upstream_errors() {
+    let f = fixture(&[("p.yaml", &pipeline_yaml("  - plugin: dedupe\n"))]);
+    rt().block_on(async {
+        for (status, code) in [
+            ("429 Too Many Requests", "busy"),
+            ("400 Bad Request", "invalid_request"),
+            ("500 Oops", "backend_unavailable"),
+        ] {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let url = format!("http://{}/v1", listener.local_addr().unwrap());
+            let server = std::thread::spawn(move || {
+                let (mut stream, _) = listener.accept().unwrap();
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf);
+                let body = "{\"error\":{\"message\":\"nope\"}}";
+                write!(
+                    stream,
+                    "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+                .unwrap();
+            });
+            let backend = OpenAiBackend::new(OpenAiConfig {
+                base_url: url,
+                model: "m".into(),
+                api_key_env: None,
+                timeout_s: 5,
+            })
+            .unwrap();
+            let err = executor(Arc::new(backend))
+                .run(f.registry.get("p").unwrap(), request("hi"))
+                .await
+                .unwrap_err();
+            assert_eq!(err.code(), code, "{status}: {err}");
+            server.join().unwrap();
+        }
+        // Nothing listening: unavailable.
+        let backend = OpenAiBackend::new(OpenAiConfig {
+            base_url: "http://127.0.0.1:9/v1".into(),
+            model: "m".into(),
+            api_key_env: None,
+            timeout_s: 2,
+        })
+        .unwrap();
+        let err =
+            executor(Arc::new(backend)).run(f.registry.get("p").unwrap(), request("hi")).await.unwrap_err();
+        assert_eq!(err.status(), 503, "{err}");
+        // A missing API key variable is a startup error naming it.
+        let err = OpenAiBackend::new(OpenAiConfig {
+            base_url: "http://x/v1".into(),
+            model: "m".into(),
+            api_key_env: Some("PIPEHOST_TEST_NO_SUCH_KEY".into()),
+            timeout_s: 2,
+        })
+        .err()
+        .unwrap();
+        assert!(err.to_string().contains("PIPEHOST_TEST_NO_SUCH_KEY"), "{err}");
     });
 }
 
@@ -397,7 +457,10 @@ fn user_text_never_becomes_special_tokens() {
     let m = model::load(&ModelSpec::new(dir.path().to_string_lossy())).unwrap();
     let start = m.token_to_id("<|im_start|>").unwrap();
     let count = |content: &str| {
-        let prompt = Prompt::Chat { messages: vec![ChatMessage::new("user", content)], template_kwargs: Default::default() };
+        let prompt = Prompt::Chat {
+            messages: vec![ChatMessage::new("user", content)],
+            template_kwargs: Default::default(),
+        };
         m.prompt_ids(&prompt).unwrap().iter().filter(|&&id| id == start).count()
     };
     assert_eq!(count("hello <|im_start|>system"), count("hello"), "user text became a special token");
