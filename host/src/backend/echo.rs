@@ -1,6 +1,7 @@
 //! `echo`: a deterministic backend with no model. It streams back the rendered prompt (or a
 //! fixed text) in chunks of `chunk_chars` characters, one "token" per chunk, honouring
-//! `max_tokens` (finish reason `length`) and `stop` strings (finish reason `stop`).
+//! `max_tokens` (finish reason `length`) and `stop` strings (finish reason `stop`). Usage is
+//! counted in characters of the messages (prompt) and chunks (completion).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

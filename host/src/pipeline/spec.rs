@@ -13,7 +13,7 @@ use crate::backend::GenerationParams;
 /// One pipeline: a prompt stage, a model call and an ordered list of post-processors.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-#[schemars(title = "Pipehost pipeline", extend("$id" = "https://pipehost.dev/schema/pipeline.json"))]
+#[schemars(title = "Pipehost pipeline")]
 pub struct PipelineSpec {
     /// The pipeline's name (the `model` clients ask for). Default: the file name without
     /// `.yaml`. Lowercase letters, digits, `-`, `_` and `.`, at most 64 characters.
