@@ -234,6 +234,29 @@ fn on_error_skip_and_fail() {
 }
 
 #[test]
+fn a_stage_skipped_mid_stream_neither_repeats_nor_loses_text() {
+    // The output cap makes punctuation fail after it has emitted some text.
+    let post =
+        "  - plugin: punctuation\n    limits: {output_bytes: 20}\n    on_error: skip\n  - plugin: dedupe\n";
+    let f = fixture(&[("p.yaml", &pipeline_yaml(post))]);
+    let input = "Hello world. This is fine. More text here. And the end.";
+    rt().block_on(async {
+        for chunk in [1, 5, 13] {
+            let (text, record) = stream(&executor(echo(chunk, 0)), &f, "p", request(input)).await.unwrap();
+            assert_eq!(text, input, "chunk {chunk}");
+            assert!(
+                record.stages[1].skipped_error.as_deref().unwrap_or_default().contains("output"),
+                "{:?}",
+                record.stages
+            );
+        }
+        let whole = executor(echo(4, 0)).run(f.registry.get("p").unwrap(), request(input)).await.unwrap();
+        assert_eq!(whole.text, input);
+        assert!(whole.stages[1].skipped_error.is_some());
+    });
+}
+
+#[test]
 fn variables_are_checked_and_stay_data() {
     let yaml = "variables:\n  - name: topic\n    required: true\n    max_chars: 40\n  - name: mood\n    default: calm\nprompt:\n  plugin: persona\n  config:\n    role: \"Mood: {{ mood }}\"\n    template: \"Write about {{ topic }}\"\npost: []\n";
     let f = fixture(&[("p.yaml", yaml)]);
