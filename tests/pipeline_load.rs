@@ -263,11 +263,19 @@ fn shipped_examples_load() {
     assert!(companion.stages.iter().any(|s| s.plugin == "tone"));
 }
 
+/// The CLI, sharing this binary's compile cache (and not writing to the user's).
+fn cli(exe: &str) -> Command {
+    runtime(); // fills the cache
+    let mut command = Command::new(exe);
+    command.env("PIPEHOST_CACHE_DIR", support::components_dir().join("pipeline-tests-cache"));
+    command
+}
+
 #[test]
 fn check_and_schema_commands() {
     let exe = env!("CARGO_BIN_EXE_pipehost");
     let plugins = plugins_dir();
-    let out = Command::new(exe)
+    let out = cli(exe)
         .args(["check", "--pipelines"])
         .arg(support::repo_root().join("pipelines"))
         .arg("--plugins")
@@ -280,7 +288,7 @@ fn check_and_schema_commands() {
     write(bad.path(), "a.yaml", "prompt:\n  plugin: nothere\n");
     write(bad.path(), "b.yaml", "params:\n  temprature: 1\nprompt:\n  plugin: persona\n");
     write(bad.path(), "c.yaml", GOOD);
-    let out = Command::new(exe)
+    let out = cli(exe)
         .args(["check", "--pipelines"])
         .arg(bad.path())
         .arg("--plugins")
@@ -295,7 +303,7 @@ fn check_and_schema_commands() {
     assert!(lines[1].contains("b.yaml:2:3: "), "{stdout}");
 
     // `run` with the echo backend: the rendered prompt, post-processed, and the record.
-    let out = Command::new(exe)
+    let out = cli(exe)
         .args([
             "run",
             "qa",
@@ -315,7 +323,7 @@ fn check_and_schema_commands() {
     let record: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(record["text"], "天气很好很好。");
     assert_eq!(record["stages"].as_array().unwrap().len(), 4);
-    let out = Command::new(exe)
+    let out = cli(exe)
         .args(["run", "qa", "--backend", "echo", "--var", "nope=1", "--pipelines"])
         .arg(support::repo_root().join("pipelines"))
         .arg("--plugins")
@@ -325,7 +333,7 @@ fn check_and_schema_commands() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("variable `nope`"));
 
-    let out = Command::new(exe).arg("schema").output().unwrap();
+    let out = cli(exe).arg("schema").output().unwrap();
     assert!(out.status.success());
     let schema: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let props = &schema["properties"];
