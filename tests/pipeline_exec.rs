@@ -439,6 +439,11 @@ fn candle_roundtrip(model_dir: &Path) {
             "{}",
             record.finish_reason
         );
+        // `max_tokens` beyond the context is the client's mistake, not a silent clamp.
+        let mut huge = request("hi");
+        huge.params.max_tokens = Some(1 << 20);
+        let err = ex.run(f.registry.get("p").unwrap(), huge).await.unwrap_err();
+        assert_eq!((err.status(), err.code()), (400, "invalid_request"), "{err}");
     });
 }
 

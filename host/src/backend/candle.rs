@@ -77,6 +77,15 @@ impl Backend for CandleBackend {
 
     fn generate(&self, request: BackendRequest) -> Result<mpsc::Receiver<BackendEvent>, BackendError> {
         request.params.validate().map_err(BackendError::InvalidRequest)?;
+        // The engine would clamp to the context; a client asking for more made a mistake.
+        let context = self.engine.info().max_context;
+        if let Some(n) = request.params.max_tokens
+            && n >= context
+        {
+            return Err(BackendError::InvalidRequest(format!(
+                "`max_tokens` is {n}; the model's context is {context} tokens, prompt included"
+            )));
+        }
         let mut stream = self.engine.try_submit(generate_request(&request)).map_err(map_error)?;
         let (tx, rx) = mpsc::channel(EVENT_BUFFER);
         std::thread::Builder::new()
