@@ -54,7 +54,7 @@ mod presets;
 
 use std::collections::{HashMap, HashSet};
 
-use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, AhoCorasickKind, MatchKind};
 use pipehost_plugin_sdk::{
     ChunkOutput, Context, PluginError, PostProcessor, Streamer, export_post_processor,
 };
@@ -198,6 +198,11 @@ impl Dictionary {
         } else {
             let ac = AhoCorasickBuilder::new()
                 .match_kind(MatchKind::Standard)
+                // The automaton is rebuilt on every call (a fresh instance per request keeps no
+                // state), so build time dominates: a contiguous NFA builds ~10x faster than the
+                // DFA the builder would pick for a few dozen patterns, and searches a few KB
+                // about as fast.
+                .kind(Some(AhoCorasickKind::ContiguousNFA))
                 .ascii_case_insensitive(config.case_insensitive)
                 .build(merged.iter().map(|(from, _)| from))
                 .map_err(|e| PluginError::InvalidConfig(format!("rules: {e}")))?;
