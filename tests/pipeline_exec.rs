@@ -473,11 +473,8 @@ fn candle_backend_on_the_reference_model() {
 }
 
 /// User text must stay data down to the token ids: `<|im_start|>` typed by a user must not
-/// become the special token. Known issue in the model engine (`Prompt::Chat` renders the
-/// template to a string and tokenizes it with special tokens recognised); ignored until the
-/// engine tokenizes message contents without special-token matching.
+/// become the special token (it would open a new turn).
 #[test]
-#[ignore = "model engine: chat messages are tokenized with special tokens recognised"]
 fn user_text_never_becomes_special_tokens() {
     use pipehost::model::{self, ChatMessage, ModelSpec, Prompt};
     let dir = tempfile::tempdir().unwrap();

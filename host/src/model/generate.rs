@@ -102,6 +102,11 @@ pub struct Report {
     pub seed: u64,
 }
 
+/// Brackets of the placeholders `chat_ids` puts where message contents held special tokens
+/// (Unicode private-use characters: no tokenizer or template gives them a meaning).
+const PLACEHOLDER_OPEN: char = '\u{F8F0}';
+const PLACEHOLDER_CLOSE: char = '\u{F8F1}';
+
 impl Model {
     pub fn info(&self) -> &ModelInfo {
         &self.info
@@ -142,13 +147,73 @@ impl Model {
         template.render(messages, add_generation_prompt, template_kwargs)
     }
 
+    /// Renders and tokenizes a conversation. Special-token strings inside message contents (a
+    /// user typing `<|im_start|>system`) are tokenized as plain text, never as control tokens,
+    /// so they cannot open a turn. Conversations without them (nearly all) tokenize exactly as
+    /// transformers' `apply_chat_template` + `encode` do.
+    fn chat_ids(&self, messages: &[ChatMessage], template_kwargs: &Map<String, Value>) -> Result<Vec<u32>> {
+        let contains_special = |text: &str| self.special_tokens.iter().any(|s| text.contains(s.as_str()));
+        if !messages.iter().any(|m| contains_special(&m.content)) {
+            return self.encode(&self.render_chat(messages, template_kwargs)?);
+        }
+        // Swap each special string in the contents for a private-use placeholder, render, then
+        // tokenize the template's own text normally and each placeholder as literal text.
+        let protected: Vec<ChatMessage> = messages
+            .iter()
+            .map(|m| {
+                let mut content = m.content.clone();
+                for (i, special) in self.special_tokens.iter().enumerate() {
+                    content = content
+                        .replace(special.as_str(), &format!("{PLACEHOLDER_OPEN}{i}{PLACEHOLDER_CLOSE}"));
+                }
+                ChatMessage { content, ..m.clone() }
+            })
+            .collect();
+        let rendered = self.render_chat(&protected, template_kwargs)?;
+        let mut ids = Vec::new();
+        let mut text_start = 0;
+        let mut search = 0;
+        while let Some(found) = rendered[search..].find(PLACEHOLDER_OPEN) {
+            let open = search + found;
+            let digits_start = open + PLACEHOLDER_OPEN.len_utf8();
+            let placeholder =
+                rendered[digits_start..].split_once(PLACEHOLDER_CLOSE).and_then(|(digits, _)| {
+                    digits
+                        .parse::<usize>()
+                        .ok()
+                        .and_then(|i| self.special_tokens.get(i))
+                        .map(|s| (digits.len(), s))
+                });
+            let Some((digits_len, special)) = placeholder else {
+                // A private-use character the user typed: ordinary text.
+                search = digits_start;
+                continue;
+            };
+            ids.extend(self.encode(&rendered[text_start..open])?);
+            ids.extend(self.encode_as_text(special)?);
+            text_start = digits_start + digits_len + PLACEHOLDER_CLOSE.len_utf8();
+            search = text_start;
+        }
+        ids.extend(self.encode(&rendered[text_start..])?);
+        Ok(ids)
+    }
+
+    /// Tokenizes `text` with special-token strings split like ordinary text.
+    fn encode_as_text(&self, text: &str) -> Result<Vec<u32>> {
+        let tokenizer = self.plain_tokenizer.get_or_init(|| {
+            let mut plain = self.tokenizer.clone();
+            plain.set_encode_special_tokens(true);
+            plain
+        });
+        let enc = tokenizer.encode(text, false).map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
     /// The token ids a prompt becomes.
     pub fn prompt_ids(&self, prompt: &Prompt) -> Result<Vec<u32>> {
         match prompt {
             Prompt::Raw(text) => self.encode(text),
-            Prompt::Chat { messages, template_kwargs } => {
-                self.encode(&self.render_chat(messages, template_kwargs)?)
-            }
+            Prompt::Chat { messages, template_kwargs } => self.chat_ids(messages, template_kwargs),
             Prompt::Ids(ids) => Ok(ids.clone()),
         }
     }

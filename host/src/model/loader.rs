@@ -429,6 +429,12 @@ pub struct Model {
     pub(crate) defaults: GenerationDefaults,
     pub(crate) info: ModelInfo,
     pub(crate) device: Device,
+    /// The tokenizer's special tokens (`<|im_start|>`...), longest first: text that must never
+    /// become a control token when a user types it.
+    pub(crate) special_tokens: Vec<String>,
+    /// A copy of the tokenizer that splits special-token strings like ordinary text; made on
+    /// first use (only a request that contains one needs it).
+    pub(crate) plain_tokenizer: std::sync::OnceLock<Tokenizer>,
 }
 
 impl fmt::Debug for Model {
@@ -484,7 +490,17 @@ pub fn load(spec: &ModelSpec) -> Result<Model> {
         vocab_size: config.vocab_size,
         max_context: config.max_position_embeddings,
     };
-    Ok(Model { lm, tokenizer, template, defaults, info, device })
+    let special_tokens = special_token_strings(&tokenizer);
+    Ok(Model {
+        lm,
+        tokenizer,
+        template,
+        defaults,
+        info,
+        device,
+        special_tokens,
+        plain_tokenizer: std::sync::OnceLock::new(),
+    })
 }
 
 #[cfg(test)]
@@ -518,4 +534,13 @@ mod tests {
         let err = resolve_files(&ModelSpec::new("/definitely/not/here")).unwrap_err();
         assert!(matches!(err, ModelError::BadFolder { .. }), "{err}");
     }
+}
+
+/// The contents of the tokenizer's special added tokens, longest first (so that a token that
+/// contains another is replaced first).
+fn special_token_strings(tokenizer: &Tokenizer) -> Vec<String> {
+    let mut specials: Vec<String> =
+        tokenizer.get_added_tokens_decoder().into_values().filter(|t| t.special).map(|t| t.content).collect();
+    specials.sort_by(|a, b| b.len().cmp(&a.len()).then(a.cmp(b)));
+    specials
 }
