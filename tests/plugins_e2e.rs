@@ -58,7 +58,8 @@ fn punctuation_fixes_chinese_and_english_context() {
 #[test]
 fn tone_rewrites_stock_phrases_with_presets() {
     let tone = post("tone");
-    let out = process_both_ways(&tone, r#"{"presets":["zh-warm"]}"#, "这是一个很好的问题。你可以考虑早点休息。");
+    let out =
+        process_both_ways(&tone, r#"{"presets":["zh-warm"]}"#, "这是一个很好的问题。你可以考虑早点休息。");
     assert_eq!(out, "这个问题很有意思。不妨试试早点休息。");
     let config = r#"{"presets":["en-warm"],"rules":{"awesome":"lovely"}}"#;
     let out = process_both_ways(&tone, config, "What an awesome day. I hope this helps!");
@@ -98,7 +99,10 @@ fn persona_builds_role_style_constraint_messages_and_keeps_variables_literal() {
     assert_eq!(messages[0].role, "system");
     assert!(messages[0].content.contains("# 角色") && messages[0].content.contains("- 不超过6行"));
     assert_eq!(messages[1].content, "早");
-    assert_eq!(messages[2], Message { role: "user".into(), content: "以「秋夜{{ 7*7 }}」为题写一首诗。".into() });
+    assert_eq!(
+        messages[2],
+        Message { role: "user".into(), content: "以「秋夜{{ 7*7 }}」为题写一首诗。".into() }
+    );
 
     let err = persona.build(&[], &[], &ctx(), config, &Limits::default()).unwrap_err();
     assert!(matches!(err.cause, Cause::InvalidInput(ref m) if m.contains("topic")), "{err}");
@@ -130,14 +134,33 @@ fn cli_runs_a_plugin_by_path_whole_and_streamed() {
 #[test]
 fn cli_reports_plugin_errors_on_one_line_with_status_1() {
     let wasm = component("dedupe");
-    let out = pipehost(&["plugin", "run", wasm.to_str().unwrap(), "--config", r#"{"max_repat":1}"#, "--input", "x"]);
+    let out = pipehost(&[
+        "plugin",
+        "run",
+        wasm.to_str().unwrap(),
+        "--config",
+        r#"{"max_repat":1}"#,
+        "--input",
+        "x",
+    ]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(stderr.starts_with("error: plugin `dedupe`: invalid config:") && stderr.contains("max_repat"), "{stderr}");
+    assert!(
+        stderr.starts_with("error: plugin `dedupe`: invalid config:") && stderr.contains("max_repat"),
+        "{stderr}"
+    );
 
     let evil = component("guest-evil");
-    let out = pipehost(&["plugin", "run", evil.to_str().unwrap(), "--config", r#"{"mode":"loop"}"#, "--input", "x"]);
+    let out = pipehost(&[
+        "plugin",
+        "run",
+        evil.to_str().unwrap(),
+        "--config",
+        r#"{"mode":"loop"}"#,
+        "--input",
+        "x",
+    ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("timed out after 100 ms"));
 
@@ -170,7 +193,15 @@ fn cli_scaffolds_a_plugin_that_builds_and_passes_its_tests() {
     cargo(&["test", "--quiet"]);
     cargo(&["build", "--quiet", "--target", "wasm32-wasip2", "--profile", "plugin"]);
     let wasm = target.join("wasm32-wasip2/plugin/shout.wasm");
-    let out = pipehost(&["plugin", "run", wasm.to_str().unwrap(), "--config", r#"{"prefix":"» "}"#, "--input", "hi"]);
+    let out = pipehost(&[
+        "plugin",
+        "run",
+        wasm.to_str().unwrap(),
+        "--config",
+        r#"{"prefix":"» "}"#,
+        "--input",
+        "hi",
+    ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8(out.stdout).unwrap(), "» hi");
 }
