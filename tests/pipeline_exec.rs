@@ -14,47 +14,6 @@ use std::time::{Duration, Instant};
 use pipehost::backend::{Backend, EchoBackend, EchoConfig, EchoMode, OpenAiBackend, OpenAiConfig};
 use pipehost::pipeline::{Executor, PipelineError, Registry, RunEvent, RunRecord, RunRequest};
 
-/// A plugins folder with the shipped plugins (and guest-evil as `evil`), as the host names them.
-fn plugins_dir() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    for (name, krate) in PLUGINS {
-        std::fs::copy(support::component(krate), dir.path().join(format!("{name}.wasm"))).unwrap();
-    }
-    dir
-}
-
-const PLUGINS: [(&str, &str); 6] = [
-    ("persona", "persona"),
-    ("dedupe", "dedupe"),
-    ("punctuation", "punctuation"),
-    ("tone", "tone"),
-    ("truncate", "truncate"),
-    ("evil", "guest-evil"),
-];
-
-/// One runtime for the whole binary whose compile cache lives under the target folder, so a
-/// debug build compiles each component once (serially, here) instead of once per test.
-fn runtime() -> pipehost::plugin::PluginRuntime {
-    use pipehost::plugin::{PluginRuntime, RuntimeConfig};
-    static RUNTIME: std::sync::OnceLock<PluginRuntime> = std::sync::OnceLock::new();
-    RUNTIME
-        .get_or_init(|| {
-            let cache = support::components_dir().join("pipeline-tests-cache");
-            let runtime =
-                PluginRuntime::new(&RuntimeConfig { cache_dir: Some(cache), pooling: true }).unwrap();
-            for (name, krate) in PLUGINS {
-                let path = support::component(krate);
-                if name == "persona" {
-                    runtime.load_prompt_builder(name, &path).unwrap();
-                } else {
-                    runtime.load_post_processor(name, &path).unwrap();
-                }
-            }
-            runtime
-        })
-        .clone()
-}
-
 struct Fixture {
     registry: Registry,
     _dirs: (tempfile::TempDir, tempfile::TempDir),
@@ -62,11 +21,11 @@ struct Fixture {
 
 fn fixture(files: &[(&str, &str)]) -> Fixture {
     let pipelines = tempfile::tempdir().unwrap();
-    let plugins = plugins_dir();
+    let plugins = support::plugins_dir();
     for (name, text) in files {
         std::fs::write(pipelines.path().join(name), text).unwrap();
     }
-    let registry = Registry::load(pipelines.path(), plugins.path(), runtime());
+    let registry = Registry::load(pipelines.path(), plugins.path(), support::runtime());
     assert!(registry.errors().is_empty(), "{:?}", registry.errors());
     Fixture { registry, _dirs: (pipelines, plugins) }
 }

@@ -9,47 +9,6 @@ use std::time::{Duration, Instant};
 
 use pipehost::pipeline::{LoadError, Registry};
 
-/// A plugins folder with the shipped plugins (and guest-evil as `evil`), as the host names them.
-fn plugins_dir() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    for (name, krate) in PLUGINS {
-        std::fs::copy(support::component(krate), dir.path().join(format!("{name}.wasm"))).unwrap();
-    }
-    dir
-}
-
-const PLUGINS: [(&str, &str); 6] = [
-    ("persona", "persona"),
-    ("dedupe", "dedupe"),
-    ("punctuation", "punctuation"),
-    ("tone", "tone"),
-    ("truncate", "truncate"),
-    ("evil", "guest-evil"),
-];
-
-/// One runtime for the whole binary whose compile cache lives under the target folder, so a
-/// debug build compiles each component once (serially, here) instead of once per test.
-fn runtime() -> pipehost::plugin::PluginRuntime {
-    use pipehost::plugin::{PluginRuntime, RuntimeConfig};
-    static RUNTIME: std::sync::OnceLock<PluginRuntime> = std::sync::OnceLock::new();
-    RUNTIME
-        .get_or_init(|| {
-            let cache = support::components_dir().join("pipeline-tests-cache");
-            let runtime =
-                PluginRuntime::new(&RuntimeConfig { cache_dir: Some(cache), pooling: true }).unwrap();
-            for (name, krate) in PLUGINS {
-                let path = support::component(krate);
-                if name == "persona" {
-                    runtime.load_prompt_builder(name, &path).unwrap();
-                } else {
-                    runtime.load_post_processor(name, &path).unwrap();
-                }
-            }
-            runtime
-        })
-        .clone()
-}
-
 fn write(dir: &Path, file: &str, text: &str) -> PathBuf {
     let path = dir.join(file);
     std::fs::write(&path, text).unwrap();
@@ -72,11 +31,11 @@ post:
 /// Loads `files` into a fresh folder; returns the registry and the folders (kept alive).
 fn load(files: &[(&str, &str)]) -> (Registry, tempfile::TempDir, tempfile::TempDir) {
     let pipelines = tempfile::tempdir().unwrap();
-    let plugins = plugins_dir();
+    let plugins = support::plugins_dir();
     for (name, text) in files {
         write(pipelines.path(), name, text);
     }
-    let registry = Registry::load(pipelines.path(), plugins.path(), runtime());
+    let registry = Registry::load(pipelines.path(), plugins.path(), support::runtime());
     (registry, pipelines, plugins)
 }
 
@@ -246,8 +205,9 @@ fn backends_params_limits_and_names() {
 
 #[test]
 fn shipped_examples_load() {
-    let plugins = plugins_dir();
-    let registry = Registry::load(&support::repo_root().join("pipelines"), plugins.path(), runtime());
+    let plugins = support::plugins_dir();
+    let registry =
+        Registry::load(&support::repo_root().join("pipelines"), plugins.path(), support::runtime());
     assert!(registry.errors().is_empty(), "{:?}", registry.errors());
     let names: Vec<String> = registry.list().into_iter().map(|p| p.name).collect();
     assert_eq!(names, ["companion", "poem", "qa", "story"]);
@@ -265,16 +225,16 @@ fn shipped_examples_load() {
 
 /// The CLI, sharing this binary's compile cache (and not writing to the user's).
 fn cli(exe: &str) -> Command {
-    runtime(); // fills the cache
+    support::runtime(); // fills the cache
     let mut command = Command::new(exe);
-    command.env("PIPEHOST_CACHE_DIR", support::components_dir().join("pipeline-tests-cache"));
+    command.env("PIPEHOST_CACHE_DIR", support::test_cache_dir());
     command
 }
 
 #[test]
 fn check_and_schema_commands() {
     let exe = env!("CARGO_BIN_EXE_pipehost");
-    let plugins = plugins_dir();
+    let plugins = support::plugins_dir();
     let out = cli(exe)
         .args(["check", "--pipelines"])
         .arg(support::repo_root().join("pipelines"))

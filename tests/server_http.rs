@@ -12,7 +12,7 @@ mod support;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_openai::Client;
@@ -21,7 +21,6 @@ use async_openai::types::chat::{ChatCompletionRequestUserMessageArgs, CreateChat
 use futures_util::StreamExt;
 use pipehost::backend::{Backend, EchoBackend, EchoConfig, OpenAiBackend, OpenAiConfig};
 use pipehost::pipeline::{Executor, Registry};
-use pipehost::plugin::{PluginRuntime, RuntimeConfig};
 use pipehost::server::{AppState, ServerConfig};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
@@ -74,26 +73,6 @@ impl Default for Options {
     }
 }
 
-/// One plugin runtime for all tests, its compile cache kept in the target folder: compiling a
-/// component takes seconds in a debug build, and the tests start a dozen servers at once.
-fn runtime() -> PluginRuntime {
-    static RUNTIME: OnceLock<PluginRuntime> = OnceLock::new();
-    RUNTIME
-        .get_or_init(|| {
-            let target = std::env::var_os("CARGO_TARGET_DIR")
-                .map_or_else(|| support::repo_root().join("target"), PathBuf::from);
-            let config = RuntimeConfig { cache_dir: Some(target.join("pipehost-test-cache")), pooling: true };
-            let runtime = PluginRuntime::new(&config).unwrap();
-            // Compile (or fetch from the cache) once, before the tests load them concurrently.
-            runtime.load_prompt_builder("persona", &support::component("persona")).unwrap();
-            for name in ["dedupe", "punctuation", "tone", "guest-evil"] {
-                runtime.load_post_processor(name, &support::component(name)).unwrap();
-            }
-            runtime
-        })
-        .clone()
-}
-
 async fn start(options: Options) -> TestServer {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
@@ -106,7 +85,9 @@ async fn start(options: Options) -> TestServer {
     let plugins = options.plugins_dir.unwrap_or_else(support::components_dir);
     let pipelines = dir.path().to_owned();
     let registry =
-        tokio::task::spawn_blocking(move || Registry::load(&pipelines, &plugins, runtime())).await.unwrap();
+        tokio::task::spawn_blocking(move || Registry::load(&pipelines, &plugins, support::runtime()))
+            .await
+            .unwrap();
     let watch = options.watch.then(|| registry.watch().unwrap());
     let state = AppState::new(registry, executor, backend, options.config);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

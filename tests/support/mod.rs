@@ -31,16 +31,50 @@ pub fn component(crate_name: &str) -> PathBuf {
     path
 }
 
-/// A runtime whose compile cache lives in a per-binary temporary folder.
-pub fn runtime() -> &'static PluginRuntime {
-    static RUNTIME: OnceLock<(PluginRuntime, tempfile::TempDir)> = OnceLock::new();
-    &RUNTIME
+/// The shipped plugins and the misbehaving test guest, as (name pipelines use, crate name).
+pub const PLUGINS: [(&str, &str); 6] = [
+    ("persona", "persona"),
+    ("dedupe", "dedupe"),
+    ("punctuation", "punctuation"),
+    ("tone", "tone"),
+    ("truncate", "truncate"),
+    ("evil", "guest-evil"),
+];
+
+/// The compile cache the tests share, under the target folder: compiling a component takes
+/// seconds in a debug build, so every test binary (and every run) compiles each one once.
+pub fn test_cache_dir() -> PathBuf {
+    components_dir().join("test-cache")
+}
+
+/// One runtime per test binary, with every component in [`PLUGINS`] compiled (or fetched from
+/// the cache) up front, serially, before tests load them concurrently.
+pub fn runtime() -> PluginRuntime {
+    static RUNTIME: OnceLock<PluginRuntime> = OnceLock::new();
+    RUNTIME
         .get_or_init(|| {
-            let cache = tempfile::tempdir().unwrap();
-            let config = RuntimeConfig { cache_dir: Some(cache.path().to_owned()), pooling: true };
-            (PluginRuntime::new(&config).unwrap(), cache)
+            let config = RuntimeConfig { cache_dir: Some(test_cache_dir()), pooling: true };
+            let runtime = PluginRuntime::new(&config).unwrap();
+            for (name, krate) in PLUGINS {
+                let path = component(krate);
+                if name == "persona" {
+                    runtime.load_prompt_builder(name, &path).unwrap();
+                } else {
+                    runtime.load_post_processor(name, &path).unwrap();
+                }
+            }
+            runtime
         })
-        .0
+        .clone()
+}
+
+/// A plugins folder holding every component in [`PLUGINS`] under its pipeline name.
+pub fn plugins_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, krate) in PLUGINS {
+        std::fs::copy(component(krate), dir.path().join(format!("{name}.wasm"))).unwrap();
+    }
+    dir
 }
 
 /// Collects everything logged through `tracing` while `f` runs on this thread.
