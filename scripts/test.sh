@@ -9,4 +9,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/build-plugins.sh
-cargo test --workspace "$@"
+cargo test --workspace --no-fail-fast "$@"
