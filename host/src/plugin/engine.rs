@@ -190,6 +190,12 @@ fn pooling_config() -> PoolingAllocationConfig {
     pool.max_component_instance_size(1 << 20);
     // The largest per-stage memory cap; the per-call cap is enforced by `MemoryLimiter`.
     pool.max_memory_size(MAX_MEMORY_BYTES);
+    // Every call frees its instance, so slot reset is on the hot path. Zeroing the first
+    // 64 KiB with memset instead of madvise (keeping them mapped, no page faults next call)
+    // took the fixed cost per call from 23.4 to 19.3 µs; keeping 1 MiB made it 32.6 µs
+    // (memset of mostly clean pages). See docs/performance.md.
+    pool.linear_memory_keep_resident(64 << 10);
+    pool.table_keep_resident(16 << 10);
     pool
 }
 
