@@ -67,6 +67,19 @@ impl<P> Loaded<P> {
         }
     }
 
+    /// Runs one call in a fresh store: `invoke` instantiates and calls; the outcome becomes
+    /// the host's result type and the store is dropped.
+    fn call<T>(
+        &self,
+        ctx: &CallContext,
+        limits: &Limits,
+        invoke: impl FnOnce(&mut Store<HostState>, &P) -> wasmtime::Result<Result<T, WitPluginError>>,
+    ) -> Result<T, PluginError> {
+        let mut store = self.store(ctx, limits);
+        let result = invoke(&mut store, &self.pre);
+        self.finish_call(&store, ctx, limits, result)
+    }
+
     /// Turns the outcome of a wasm call into the host's error type, logging guest output.
     fn finish_call<T>(
         &self,
@@ -173,13 +186,9 @@ impl PostProcessor {
         ctx: &CallContext,
         limits: &Limits,
     ) -> Result<(), PluginError> {
-        let inner = &*self.inner;
-        let mut store = inner.store(ctx, limits);
-        let result = inner
-            .pre
-            .instantiate(&mut store)
-            .and_then(|b| b.pipehost_plugin_post_process().call_validate_config(&mut store, config));
-        inner.finish_call(&store, ctx, limits, result)
+        self.inner.call(ctx, limits, |store, pre| {
+            pre.instantiate(&mut *store)?.pipehost_plugin_post_process().call_validate_config(store, config)
+        })
     }
 
     /// Processes a complete text.
@@ -190,13 +199,15 @@ impl PostProcessor {
         config: &str,
         limits: &Limits,
     ) -> Result<String, PluginError> {
-        let inner = &*self.inner;
-        let mut store = inner.store(ctx, limits);
-        let result = inner.pre.instantiate(&mut store).and_then(|b| {
-            b.pipehost_plugin_post_process().call_process(&mut store, text, &wit_context(ctx), config)
-        });
-        let output = inner.finish_call(&store, ctx, limits, result)?;
-        check_output(output.len(), limits).map_err(|c| inner.error(ctx, c))?;
+        let output = self.inner.call(ctx, limits, |store, pre| {
+            pre.instantiate(&mut *store)?.pipehost_plugin_post_process().call_process(
+                store,
+                text,
+                &wit_context(ctx),
+                config,
+            )
+        })?;
+        check_output(output.len(), limits).map_err(|c| self.inner.error(ctx, c))?;
         Ok(output)
     }
 
@@ -338,13 +349,9 @@ impl PromptBuilder {
         ctx: &CallContext,
         limits: &Limits,
     ) -> Result<(), PluginError> {
-        let inner = &*self.inner;
-        let mut store = inner.store(ctx, limits);
-        let result = inner
-            .pre
-            .instantiate(&mut store)
-            .and_then(|b| b.pipehost_plugin_prompt_build().call_validate_config(&mut store, config));
-        inner.finish_call(&store, ctx, limits, result)
+        self.inner.call(ctx, limits, |store, pre| {
+            pre.instantiate(&mut *store)?.pipehost_plugin_prompt_build().call_validate_config(store, config)
+        })
     }
 
     /// Builds the chat messages for one request.
@@ -356,16 +363,19 @@ impl PromptBuilder {
         config: &str,
         limits: &Limits,
     ) -> Result<Vec<Message>, PluginError> {
-        let inner = &*self.inner;
-        let mut store = inner.store(ctx, limits);
         let history: Vec<WitMessage> =
             history.iter().map(|m| WitMessage { role: m.role.clone(), content: m.content.clone() }).collect();
-        let result = inner.pre.instantiate(&mut store).and_then(|b| {
-            b.pipehost_plugin_prompt_build().call_build(&mut store, vars, &history, &wit_context(ctx), config)
-        });
-        let messages = inner.finish_call(&store, ctx, limits, result)?;
+        let messages = self.inner.call(ctx, limits, |store, pre| {
+            pre.instantiate(&mut *store)?.pipehost_plugin_prompt_build().call_build(
+                store,
+                vars,
+                &history,
+                &wit_context(ctx),
+                config,
+            )
+        })?;
         let size = messages.iter().map(|m| m.content.len() + m.role.len()).sum();
-        check_output(size, limits).map_err(|c| inner.error(ctx, c))?;
+        check_output(size, limits).map_err(|c| self.inner.error(ctx, c))?;
         Ok(messages.into_iter().map(|m| Message { role: m.role, content: m.content }).collect())
     }
 }
