@@ -39,6 +39,18 @@ pub use self::metrics::Metrics;
 use crate::backend::Backend;
 use crate::pipeline::{Executor, PipelineError, Registry};
 
+/// Parses a `POST /v1/chat/completions` body and maps it to a pipeline request exactly as the
+/// handler does, without server state (the pipeline's `input_variable` is given). Pure; used by
+/// the `openai_request` fuzz target (docs/fuzzing.md).
+#[doc(hidden)]
+pub fn parse_chat_request(
+    body: &[u8],
+    input_variable: &str,
+) -> Result<crate::pipeline::RunRequest, ApiError> {
+    let request: openai::ChatRequest = extract::parse(body)?;
+    openai::run_request(&request, input_variable, "fuzz")
+}
+
 /// Server settings (the `pipehost serve` flags).
 #[derive(Debug, Clone)]
 pub struct ServerConfig {

@@ -189,7 +189,7 @@ fn params(req: &ChatRequest) -> Result<GenerationParams, ApiError> {
 }
 
 /// Builds the pipeline request: last user message → input variable, the rest → history.
-fn run_request(req: &ChatRequest, input_variable: &str, id: &str) -> Result<RunRequest, ApiError> {
+pub(super) fn run_request(req: &ChatRequest, input_variable: &str, id: &str) -> Result<RunRequest, ApiError> {
     if req.n.is_some_and(|n| n != 1) {
         return Err(ApiError::bad_request("unsupported_value", "only `n: 1` is supported").with_param("n"));
     }
