@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use super::{Backend, BackendError, BackendEvent, BackendReport, BackendRequest, EVENT_BUFFER, FinishReason};
+use super::{Backend, BackendError, BackendEvent, BackendReport, BackendRequest, EVENT_BUFFER};
 use crate::model::{self, Engine, GenerateRequest, ModelError, Prompt, SamplingParams};
 
 /// The `candle` backend.
@@ -33,15 +33,6 @@ fn map_error(e: ModelError) -> BackendError {
         ModelError::EngineStopped => BackendError::Unavailable(e.to_string()),
         ModelError::InvalidRequest(m) => BackendError::InvalidRequest(m),
         other => BackendError::Failed(other.to_string()),
-    }
-}
-
-fn map_finish(f: model::FinishReason) -> FinishReason {
-    match f {
-        model::FinishReason::Length => FinishReason::Length,
-        model::FinishReason::Stop => FinishReason::Stop,
-        model::FinishReason::Eos => FinishReason::Eos,
-        model::FinishReason::Cancelled => FinishReason::Cancelled,
     }
 }
 
@@ -98,7 +89,7 @@ impl Backend for CandleBackend {
                             BackendEvent::Done(BackendReport {
                                 prompt_tokens: r.prompt_tokens,
                                 completion_tokens: r.completion_tokens,
-                                finish_reason: map_finish(r.finish_reason),
+                                finish_reason: r.finish_reason,
                                 prefill_ms: r.prefill_ms,
                                 decode_tokens_per_s: r.decode_tokens_per_s,
                             }),

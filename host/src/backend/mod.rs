@@ -138,30 +138,9 @@ pub enum BackendEvent {
     Error(BackendError),
 }
 
-/// Why generation ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum FinishReason {
-    /// `max_tokens` (or the context) reached.
-    Length,
-    /// A stop string matched (OpenAI servers also say `stop` for end of sequence).
-    Stop,
-    /// The model produced an end-of-sequence token.
-    Eos,
-    /// The consumer went away.
-    Cancelled,
-}
-
-impl FinishReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FinishReason::Length => "length",
-            FinishReason::Stop => "stop",
-            FinishReason::Eos => "eos",
-            FinishReason::Cancelled => "cancelled",
-        }
-    }
-}
+/// Why generation ended: the model engine's reasons (length, stop, eos, cancelled) are the
+/// ones every backend reports.
+pub use crate::model::FinishReason;
 
 /// The summary of one generation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -503,6 +503,15 @@ pub fn load(spec: &ModelSpec) -> Result<Model> {
     })
 }
 
+/// The contents of the tokenizer's special added tokens, longest first (so that a token that
+/// contains another is replaced first).
+fn special_token_strings(tokenizer: &Tokenizer) -> Vec<String> {
+    let mut specials: Vec<String> =
+        tokenizer.get_added_tokens_decoder().into_values().filter(|t| t.special).map(|t| t.content).collect();
+    specials.sort_by(|a, b| b.len().cmp(&a.len()).then(a.cmp(b)));
+    specials
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -534,13 +543,4 @@ mod tests {
         let err = resolve_files(&ModelSpec::new("/definitely/not/here")).unwrap_err();
         assert!(matches!(err, ModelError::BadFolder { .. }), "{err}");
     }
-}
-
-/// The contents of the tokenizer's special added tokens, longest first (so that a token that
-/// contains another is replaced first).
-fn special_token_strings(tokenizer: &Tokenizer) -> Vec<String> {
-    let mut specials: Vec<String> =
-        tokenizer.get_added_tokens_decoder().into_values().filter(|t| t.special).map(|t| t.content).collect();
-    specials.sort_by(|a, b| b.len().cmp(&a.len()).then(a.cmp(b)));
-    specials
 }
