@@ -13,6 +13,9 @@
 mod candle;
 mod echo;
 mod openai;
+/// Public for the `openai_sse` fuzz target; the backend is its only user.
+#[doc(hidden)]
+pub mod sse;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
+use super::sse::{SseDecoder, parse_chunk};
 use super::{Backend, BackendError, BackendEvent, BackendReport, BackendRequest, EVENT_BUFFER, FinishReason};
 
 /// Configuration of [`OpenAiBackend`].
@@ -90,15 +91,6 @@ fn body(model: &str, request: &BackendRequest) -> Value {
     body
 }
 
-fn finish_reason(s: &str) -> FinishReason {
-    match s {
-        "length" => FinishReason::Length,
-        "eos" => FinishReason::Eos,
-        "cancelled" => FinishReason::Cancelled,
-        _ => FinishReason::Stop,
-    }
-}
-
 impl Backend for OpenAiBackend {
     fn name(&self) -> &str {
         &self.name
@@ -159,56 +151,40 @@ async fn stream(
             _ => BackendError::Unavailable(format!("upstream answered {status}: {text}")),
         });
     }
-    let mut buf: Vec<u8> = Vec::new();
+    let mut decoder = SseDecoder::new();
+    let mut events = Vec::new();
     let mut finish = None;
     let mut usage = (0usize, 0usize);
     let mut deltas = 0usize;
     let mut first_token_ms = None;
-    loop {
+    let mut ended = false;
+    while !ended {
         let chunk = response
             .chunk()
             .await
             .map_err(|e| BackendError::Unavailable(format!("upstream stream failed: {e}")))?;
-        let Some(chunk) = chunk else { break };
-        buf.extend_from_slice(&chunk);
-        while let Some(end) = buf.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = buf.drain(..=end).collect();
-            let line = String::from_utf8_lossy(&line);
-            let line = line.trim_end_matches(['\r', '\n']);
-            let Some(data) = line.strip_prefix("data:") else { continue };
-            let data = data.trim_start();
-            if data == "[DONE]" {
+        match chunk {
+            Some(bytes) => decoder.push(&bytes, &mut events)?,
+            None => {
+                decoder.finish(&mut events);
+                ended = true;
+            }
+        }
+        for data in events.drain(..) {
+            let chunk = parse_chunk(&data)?;
+            if chunk.done {
                 return Ok(report(usage, deltas, finish, first_token_ms, started));
             }
-            let value: Value = serde_json::from_str(data)
-                .map_err(|e| BackendError::Failed(format!("upstream sent invalid JSON ({e}): {data}")))?;
-            if let Some(err) = value.get("error") {
-                return Err(BackendError::Failed(format!("upstream error: {err}")));
-            }
-            if let Some(u) = value.get("usage").filter(|u| !u.is_null()) {
-                let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0) as usize;
-                usage = (n("prompt_tokens"), n("completion_tokens"));
-            }
-            for choice in value.get("choices").and_then(Value::as_array).into_iter().flatten() {
-                if let Some(text) = choice.pointer("/delta/content").and_then(Value::as_str)
-                    && !text.is_empty()
-                {
-                    deltas += 1;
-                    first_token_ms.get_or_insert_with(|| started.elapsed().as_secs_f64() * 1000.0);
-                    if tx.send(BackendEvent::Delta(text.to_owned())).await.is_err() {
-                        return Ok(report(
-                            usage,
-                            deltas,
-                            Some(FinishReason::Cancelled),
-                            first_token_ms,
-                            started,
-                        ));
-                    }
-                }
-                if let Some(reason) = choice.get("finish_reason").and_then(Value::as_str) {
-                    finish = Some(finish_reason(reason));
+            usage = chunk.usage.unwrap_or(usage);
+            for text in chunk.deltas {
+                deltas += 1;
+                first_token_ms.get_or_insert_with(|| started.elapsed().as_secs_f64() * 1000.0);
+                if tx.send(BackendEvent::Delta(text)).await.is_err() {
+                    let cancelled = Some(FinishReason::Cancelled);
+                    return Ok(report(usage, deltas, cancelled, first_token_ms, started));
                 }
             }
+            finish = chunk.finish_reason.or(finish);
         }
     }
     if finish.is_none() {
