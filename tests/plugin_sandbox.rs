@@ -290,3 +290,23 @@ fn on_demand_allocation_works_too() {
     assert!(matches!(err.cause, Cause::MemoryLimit { .. }), "{err}");
     assert_eq!(plugin.process("fine", &ctx(), "{}", &Limits::default()).unwrap(), "fine");
 }
+
+#[test]
+fn sleeping_in_the_host_does_not_outlast_the_deadline() {
+    // A WASI clock subscription blocks in the host, where epoch interruption cannot reach:
+    // without a bound, one `sleep` holds the calling thread for as long as the guest asks.
+    let started = Instant::now();
+    let err = run(r#"{"mode":"sleep","ms":3000}"#, "x").unwrap_err();
+    assert_eq!(err.cause, Cause::Timeout(Duration::from_millis(100)), "{err}");
+    assert!(started.elapsed() < Duration::from_millis(1000), "took {:?}", started.elapsed());
+    assert_healthy();
+    // A sleep that ends within the deadline is allowed.
+    let limits = Limits { time_ms: 1000, ..Limits::default() };
+    assert_eq!(evil().process("y", &ctx(), r#"{"mode":"sleep","ms":20}"#, &limits).unwrap(), "y");
+    // So is one in a stream's push, against the push's own deadline; past it, a timeout.
+    let mut stream = evil().open_stream(&ctx(), r#"{"mode":"sleep","ms":20,"in":"push"}"#, &limits).unwrap();
+    assert_eq!(stream.push("a").unwrap().emit, "a");
+    let mut stream =
+        evil().open_stream(&ctx(), r#"{"mode":"sleep","ms":5000,"in":"push"}"#, &Limits::default()).unwrap();
+    assert!(matches!(stream.push("a").unwrap_err().cause, Cause::Timeout(_)));
+}

@@ -12,7 +12,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 use super::bindings::{self, post, prompt};
 use super::cache::{CacheOutcome, CompileCache};
 use super::error::{Cause, PluginError};
-use super::host_state::HostState;
+use super::host_state::{CappedClock, HostState};
 use super::instance::{Loaded, PostProcessor, PromptBuilder};
 use super::limits::MAX_MEMORY_BYTES;
 
@@ -77,6 +77,15 @@ impl PluginRuntime {
         // the context in `HostState` grants nothing, so linking them gives no capability.
         // Sync bindings: calls must not run on a tokio worker thread (see module docs).
         wasmtime_wasi::p2::add_to_linker_sync(&mut post_linker)?;
+        // ...except the monotonic clock, replaced by one whose subscriptions end at the call's
+        // deadline: a guest sleeping in the host cannot be interrupted by epochs (see
+        // `CappedClock`). Same interface and version, so this shadows the WASI one.
+        post_linker.allow_shadowing(true);
+        wasmtime_wasi::p2::bindings::clocks::monotonic_clock::add_to_linker::<HostState, CappedClock>(
+            &mut post_linker,
+            HostState::capped_clock,
+        )?;
+        post_linker.allow_shadowing(false);
         let mut prompt_linker = post_linker.clone();
         post::PostProcessor::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut post_linker, |s| s)?;
         prompt::PromptBuilder::add_to_linker::<_, wasmtime::component::HasSelf<_>>(

@@ -4,10 +4,13 @@
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
-use wasmtime::component::ResourceTable;
+use wasmtime::component::{HasData, Resource, ResourceTable};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
-use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
+use wasmtime_wasi::clocks::WasiClocksCtxView;
+use wasmtime_wasi::p2::bindings::clocks::monotonic_clock;
+use wasmtime_wasi::p2::{DynPollable, OutputStream, Pollable, StreamError};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::{Level, post::pipehost::plugin::host};
@@ -25,6 +28,10 @@ pub(crate) struct HostState {
     pub(crate) stderr: Capture,
     plugin: Arc<str>,
     request_id: String,
+    /// When the current call (or stream `push`/`finish`) must end (see [`CappedClock`]).
+    pub(crate) deadline: Option<Instant>,
+    /// Set when the guest asked to wait beyond `deadline`: its trap is a timeout.
+    pub(crate) waited_past_deadline: bool,
 }
 
 impl HostState {
@@ -48,6 +55,17 @@ impl HostState {
             stderr,
             plugin,
             request_id: request_id.to_owned(),
+            deadline: None,
+            waited_past_deadline: false,
+        }
+    }
+
+    /// The monotonic clock as the guest sees it: subscriptions capped at the deadline.
+    pub(crate) fn capped_clock(&mut self) -> CappedClockView<'_> {
+        CappedClockView {
+            clocks: WasiClocksCtxView { ctx: self.wasi.clocks(), table: &mut self.table },
+            deadline: self.deadline,
+            waited_past_deadline: &mut self.waited_past_deadline,
         }
     }
 
@@ -94,6 +112,56 @@ impl host::Host for HostState {
 }
 
 impl super::bindings::post::pipehost::plugin::types::Host for HostState {}
+
+/// `wasi:clocks/monotonic-clock`, where a subscription that would end after the call's
+/// deadline (what a guest's `sleep`, or a `poll` with a timeout, waits on) stops the guest at
+/// once with a timeout. A guest waiting on a pollable blocks inside the host, where epoch
+/// interruption cannot reach it: unchecked, one `sleep` would hold the calling thread as long
+/// as the guest asks (u64 nanoseconds: centuries), and only then time out. Plugins have
+/// nothing else to wait for (no sockets, an empty stdin), so this bounds every host wait.
+pub(crate) struct CappedClock;
+
+impl HasData for CappedClock {
+    type Data<'a> = CappedClockView<'a>;
+}
+
+pub(crate) struct CappedClockView<'a> {
+    clocks: WasiClocksCtxView<'a>,
+    deadline: Option<Instant>,
+    waited_past_deadline: &'a mut bool,
+}
+
+impl monotonic_clock::Host for CappedClockView<'_> {
+    fn now(&mut self) -> wasmtime::Result<monotonic_clock::Instant> {
+        self.clocks.now()
+    }
+
+    fn resolution(&mut self) -> wasmtime::Result<monotonic_clock::Duration> {
+        self.clocks.resolution()
+    }
+
+    fn subscribe_instant(
+        &mut self,
+        when: monotonic_clock::Instant,
+    ) -> wasmtime::Result<Resource<DynPollable>> {
+        let now = self.clocks.now()?;
+        self.subscribe_duration(when.saturating_sub(now))
+    }
+
+    fn subscribe_duration(
+        &mut self,
+        nanos: monotonic_clock::Duration,
+    ) -> wasmtime::Result<Resource<DynPollable>> {
+        if let Some(deadline) = self.deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if Duration::from_nanos(nanos) > left {
+                *self.waited_past_deadline = true;
+                wasmtime::bail!("the plugin would wait past its deadline");
+            }
+        }
+        self.clocks.subscribe_duration(nanos)
+    }
+}
 
 fn truncate_utf8(s: &str, max: usize) -> &str {
     if s.len() <= max {

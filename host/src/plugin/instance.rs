@@ -110,12 +110,17 @@ fn arm_deadline(store: &mut Store<HostState>, limits: &Limits) {
     let ticks = limits.time_ms.div_ceil(EPOCH_TICK.as_millis() as u64);
     // +1 because the current tick may be about to end.
     store.set_epoch_deadline(ticks + 1);
+    // The wall-clock deadline host waits are held to (the epoch one may fall up to a tick later).
+    store.data_mut().deadline = Some(std::time::Instant::now() + limits.timeout());
 }
 
 fn classify_trap(error: &wasmtime::Error, store: &Store<HostState>, limits: &Limits) -> Cause {
     let state = store.data();
     if let Some(requested) = state.limiter.exceeded {
         return Cause::MemoryLimit { limit: limits.memory_bytes, requested };
+    }
+    if state.waited_past_deadline {
+        return Cause::Timeout(limits.timeout());
     }
     match error.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => Cause::Timeout(limits.timeout()),

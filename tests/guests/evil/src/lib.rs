@@ -10,6 +10,7 @@
 //! | `busy` | `ms` | busy-waits `ms` milliseconds by `std::time::Instant` (WASI clocks), then echoes: "a loop that finishes just under the deadline" |
 //! | `alloc` | `bytes` | allocates `bytes` bytes in one `Vec`, touches every page, then echoes; past the memory cap the allocator fails and the guest aborts (a trap) |
 //! | `grow` | `ms` (optional, default 0) | grows memory forever in 1 MiB steps, touching every page, sleeping `ms` between steps: slow growth up to the memory cap |
+//! | `sleep` | `ms` | one `std::thread::sleep` of `ms` milliseconds (a WASI clock subscription: the guest blocks in the host, where epoch interruption cannot reach it), then echoes: the clock trick against the deadline |
 //! | `panic` | | `panic!("guest-evil: panic requested")`: with the `plugin` profile (`panic = "abort"`) a trap, the message on stderr |
 //! | `unreachable` | | executes the wasm `unreachable` instruction (a trap; natively a panic) |
 //! | `output` | `bytes` | returns a string of `bytes` bytes of `x` (ignores the input): output-cap test (e.g. 100000000; beyond the default 64 MiB memory cap it traps first) |
@@ -62,6 +63,7 @@ pub enum Mode {
     Busy,
     Alloc,
     Grow,
+    Sleep,
     Panic,
     Unreachable,
     Output,
@@ -141,6 +143,10 @@ fn run(config: &Config, text: &str) -> Result<String, PluginError> {
                 }
             }
         }
+        Mode::Sleep => {
+            std::thread::sleep(Duration::from_millis(*required(&config.ms, "ms", mode)?));
+            Ok(text.to_owned())
+        }
         Mode::Panic => panic!("guest-evil: panic requested"),
         Mode::Unreachable => {
             #[cfg(target_arch = "wasm32")]
@@ -211,7 +217,7 @@ impl PostProcessor for Evil {
     fn check_config(config: &Config) -> Result<(), PluginError> {
         let mode = config.mode;
         match mode {
-            Mode::Busy => required(&config.ms, "ms", mode).map(|_| ())?,
+            Mode::Busy | Mode::Sleep => required(&config.ms, "ms", mode).map(|_| ())?,
             Mode::Alloc | Mode::Output => required(&config.bytes, "bytes", mode).map(|_| ())?,
             Mode::Amplify => required(&config.factor, "factor", mode).map(|_| ())?,
             Mode::ReadFile => required(&config.path, "path", mode).map(|_| ())?,
