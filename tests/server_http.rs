@@ -3,15 +3,11 @@
 //! authentication, metrics, cancellation, graceful shutdown, hot reload, the `openai` backend
 //! against a second server, and the tiny reference model.
 //!
-//! Each test starts its own server in-process on 127.0.0.1:0 with the `echo` backend (it
-//! replies with the prompt builder's user message) and a temporary pipelines folder that uses
-//! the real plugins built by scripts/build-plugins.sh.
+//! Each test starts its own server in-process (tests/support/server.rs).
 
 mod support;
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,153 +16,13 @@ use async_openai::config::OpenAIConfig;
 use async_openai::types::chat::{ChatCompletionRequestUserMessageArgs, CreateChatCompletionRequestArgs};
 use futures_util::StreamExt;
 use pipehost::backend::{Backend, EchoBackend, EchoConfig, OpenAiBackend, OpenAiConfig};
-use pipehost::pipeline::{Executor, Registry};
-use pipehost::server::{AppState, ServerConfig};
+use pipehost::server::ServerConfig;
 use serde_json::{Value, json};
-use tokio::sync::oneshot;
-
-const POEM: &str = r#"
-description: A test poem pipeline.
-variables:
-  - { name: input, required: true, max_chars: 4000 }
-prompt:
-  plugin: persona
-  config:
-    role: You are a poet.
-    template: "{{ input }}"
-post:
-  - plugin: dedupe
-  - plugin: punctuation
-"#;
+use support::server::{Options, POEM, TestServer, chat, expect_error, metric_value, sse_data, start};
 
 /// Repeats a sentence (dedupe drops it) and has ASCII punctuation in Chinese (punctuation fixes it).
 const INPUT: &str = "今天天气很好。今天天气很好。我们去公园吧,好吗?";
 const EXPECTED: &str = "今天天气很好。我们去公园吧，好吗？";
-
-struct TestServer {
-    addr: SocketAddr,
-    dir: tempfile::TempDir,
-    shutdown: Option<oneshot::Sender<()>>,
-    handle: tokio::task::JoinHandle<std::io::Result<()>>,
-    _watch: std::sync::Mutex<Option<pipehost::pipeline::WatchHandle>>,
-}
-
-struct Options {
-    config: ServerConfig,
-    echo: EchoConfig,
-    backend: Option<Arc<dyn Backend>>,
-    files: Vec<(&'static str, String)>,
-    plugins_dir: Option<PathBuf>,
-    watch: bool,
-}
-
-impl Default for Options {
-    fn default() -> Self {
-        Options {
-            config: ServerConfig { drain: Duration::from_secs(5), ..ServerConfig::default() },
-            echo: EchoConfig { chunk_chars: 3, ..EchoConfig::default() },
-            backend: None,
-            files: vec![("poem.yaml", POEM.to_string())],
-            plugins_dir: None,
-            watch: false,
-        }
-    }
-}
-
-async fn start(options: Options) -> TestServer {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let dir = tempfile::tempdir().unwrap();
-    for (name, text) in &options.files {
-        std::fs::write(dir.path().join(name), text).unwrap();
-    }
-    let backend: Arc<dyn Backend> =
-        options.backend.unwrap_or_else(|| Arc::new(EchoBackend::new(options.echo)));
-    let executor = Arc::new(Executor::new(backend.clone(), HashMap::new()));
-    let plugins = options.plugins_dir.unwrap_or_else(support::components_dir);
-    let pipelines = dir.path().to_owned();
-    let registry =
-        tokio::task::spawn_blocking(move || Registry::load(&pipelines, &plugins, support::runtime()))
-            .await
-            .unwrap();
-    let watch = options.watch.then(|| registry.watch().unwrap());
-    let state = AppState::new(registry, executor, backend, options.config);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = oneshot::channel::<()>();
-    let handle = tokio::spawn(pipehost::server::serve(listener, state.clone(), async move {
-        let _ = rx.await;
-    }));
-    TestServer { addr, dir, shutdown: Some(tx), handle, _watch: std::sync::Mutex::new(watch) }
-}
-
-impl TestServer {
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    fn openai(&self) -> Client<OpenAIConfig> {
-        Client::with_config(OpenAIConfig::new().with_api_base(self.url("/v1")).with_api_key("unused"))
-    }
-
-    async fn post(&self, path: &str, body: impl Into<reqwest::Body>) -> reqwest::Response {
-        reqwest::Client::new().post(self.url(path)).body(body).send().await.unwrap()
-    }
-
-    async fn post_json(&self, path: &str, body: &Value) -> reqwest::Response {
-        self.post(path, body.to_string()).await
-    }
-
-    async fn get(&self, path: &str) -> reqwest::Response {
-        reqwest::get(self.url(path)).await.unwrap()
-    }
-
-    async fn metrics(&self) -> String {
-        self.get("/metrics").await.text().await.unwrap()
-    }
-
-    async fn stop(mut self) -> std::io::Result<()> {
-        let _ = self.shutdown.take().unwrap().send(());
-        tokio::time::timeout(Duration::from_secs(10), self.handle)
-            .await
-            .expect("server did not stop")
-            .unwrap()
-    }
-}
-
-fn chat(input: &str, stream: bool) -> Value {
-    json!({"model": "poem", "messages": [{"role": "user", "content": input}], "stream": stream})
-}
-
-/// Checks the OpenAI error shape and returns the `error` object.
-async fn expect_error(response: reqwest::Response, status: u16) -> Value {
-    assert_eq!(response.status().as_u16(), status, "status");
-    let content_type = response.headers()["content-type"].to_str().unwrap().to_string();
-    assert!(content_type.starts_with("application/json"), "{content_type}");
-    let body: Value = response.json().await.unwrap();
-    let error = &body["error"];
-    assert!(error["message"].is_string(), "{body}");
-    assert!(error["type"].is_string(), "{body}");
-    assert!(error.get("param").is_some() && error.get("code").is_some(), "{body}");
-    error.clone()
-}
-
-/// The `data:` payloads of an SSE body.
-fn sse_data(body: &str) -> Vec<String> {
-    body.split("\n\n")
-        .filter_map(|event| {
-            let data: Vec<&str> = event.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
-            (!data.is_empty()).then(|| data.join("\n"))
-        })
-        .collect()
-}
-
-fn metric_value(metrics: &str, prefix: &str) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openai_client_whole_and_streaming_agree() {

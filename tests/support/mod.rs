@@ -101,3 +101,5 @@ pub fn capture_logs<T>(f: impl FnOnce() -> T) -> (T, String) {
     let logs = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
     (result, logs)
 }
+
+pub mod server;

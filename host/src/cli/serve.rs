@@ -140,6 +140,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         retry_after_secs: 1,
         drain: Duration::from_secs(args.drain_secs),
         stall_timeout: Duration::from_secs(args.stall_secs.max(1)),
+        ..ServerConfig::default()
     };
     print_banner(addr, &registry, backend.name(), &pipelines_dir, &plugins_dir, config.api_key.is_some());
     let state = AppState::new(registry, executor, backend, config);

@@ -18,7 +18,7 @@ mod native;
 mod openai;
 mod stream;
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -66,6 +66,9 @@ pub struct ServerConfig {
     pub drain: Duration,
     /// A streaming client that reads nothing for this long has its generation cancelled.
     pub stall_timeout: Duration,
+    /// A request head (request line and headers) not received within this long closes the
+    /// connection (slowloris); also how long an idle keep-alive connection stays open.
+    pub header_read_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -77,6 +80,7 @@ impl Default for ServerConfig {
             retry_after_secs: 1,
             drain: Duration::from_secs(30),
             stall_timeout: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -220,37 +224,72 @@ pub fn router(state: AppState) -> Router {
 /// Serves `router(state)` on `listener` until `shutdown` resolves; then stops accepting, lets
 /// in-flight requests finish for at most `config.drain`, cuts the streams still open (they end
 /// with an error event) and returns.
+///
+/// The connection loop is axum::serve's, plus a timer: axum::serve gives hyper none, so hyper
+/// has no header read timeout and a client sending its request head a byte at a time
+/// (slowloris) holds its connection forever. With the timer, a head not complete within
+/// `config.header_read_timeout` closes the connection; the same timeout closes idle keep-alive
+/// connections (hyper starts it when it waits for the next request's head).
 pub async fn serve(
-    listener: TcpListener,
+    mut listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+
     let app = router(state.clone());
     let phase = state.0.phase.clone();
-    let signal = async move {
+    tokio::spawn(async move {
         shutdown.await;
         phase.send_replace(Phase::Draining);
-    };
-    let server = axum::serve(listener, app).with_graceful_shutdown(signal).into_future();
-    let mut server = std::pin::pin!(server);
+    });
+    // Every connection task holds a receiver; `closed()` resolves when all have ended.
+    let (open_tx, open_rx) = watch::channel(());
     let mut phase_rx = state.0.phase.subscribe();
-    tokio::select! {
-        result = &mut server => return result,
-        _ = phase_rx.wait_for(|p| *p >= Phase::Draining) => {}
-    }
-    tracing::info!(in_flight = state.queue_depth(), "shutting down: draining in-flight requests");
-    match tokio::time::timeout(state.config().drain, &mut server).await {
-        Ok(result) => result,
-        Err(_) => {
-            tracing::warn!(in_flight = state.queue_depth(), "drain time over: cutting the remaining streams");
-            state.0.phase.send_replace(Phase::Cut);
-            // The cut streams end at once; give their connections a moment to close.
-            match tokio::time::timeout(Duration::from_secs(2), &mut server).await {
-                Ok(result) => result,
-                Err(_) => Ok(()),
+    loop {
+        let (stream, _addr) = tokio::select! {
+            accepted = axum::serve::Listener::accept(&mut listener) => accepted,
+            _ = phase_rx.wait_for(|p| *p >= Phase::Draining) => break,
+        };
+        let service = TowerToHyperService::new(app.clone());
+        let mut phase_rx = state.0.phase.subscribe();
+        let open = open_rx.clone();
+        let header_read_timeout = state.config().header_read_timeout;
+        tokio::spawn(async move {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder.timer(TokioTimer::new()).header_read_timeout(header_read_timeout);
+            let mut conn = std::pin::pin!(builder.serve_connection(TokioIo::new(stream), service));
+            let mut draining = false;
+            loop {
+                tokio::select! {
+                    result = conn.as_mut() => {
+                        if let Err(e) = result {
+                            tracing::debug!("connection ended: {e}");
+                        }
+                        break;
+                    }
+                    // Finish the request in flight, then close (no keep-alive).
+                    _ = phase_rx.wait_for(|p| *p >= Phase::Draining), if !draining => {
+                        draining = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                }
             }
-        }
+            drop(open);
+        });
     }
+    // New connections are refused from here on.
+    drop(listener);
+    drop(open_rx);
+    tracing::info!(in_flight = state.queue_depth(), "shutting down: draining in-flight requests");
+    if tokio::time::timeout(state.config().drain, open_tx.closed()).await.is_err() {
+        tracing::warn!(in_flight = state.queue_depth(), "drain time over: cutting the remaining streams");
+        state.0.phase.send_replace(Phase::Cut);
+        // The cut streams end at once; give their connections a moment to close.
+        let _ = tokio::time::timeout(Duration::from_secs(2), open_tx.closed()).await;
+    }
+    Ok(())
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.
