@@ -1,5 +1,6 @@
 //! `pipehost bench ...`: benchmarks (not timed tests). `bench model` measures the engine the
-//! way shared/reference/bench/pytorch_decode.py measures transformers, for side-by-side numbers.
+//! way shared/reference/bench/pytorch_decode.py measures transformers, for side-by-side numbers;
+//! `bench http` and `bench reload` (own files) measure a served host from outside.
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -14,6 +15,12 @@ use crate::model::{self, GenerateRequest, Prompt, SamplingParams};
 pub enum BenchCommand {
     /// Load time, prefill tokens/s and greedy decode tokens/s (medians over --runs).
     Model(BenchModelArgs),
+    /// The host's overhead over HTTP: a `pipehost serve` child under 1..N keep-alive clients,
+    /// with and without post-processors (also `--stream`, `--model DIR`, `--reload-swaps N`).
+    Http(super::bench_http::BenchHttpArgs),
+    /// Hot reload: time from a replaced .wasm (compile-cache miss, hit) or an edited pipeline
+    /// file to the first answer of the new version.
+    Reload(super::bench_reload::BenchReloadArgs),
 }
 
 #[derive(Debug, Args)]
@@ -42,6 +49,8 @@ by hand, usually by monks working in cold scriptoria. A single Bible could take 
 pub fn run(cmd: BenchCommand) -> Result<ExitCode> {
     match cmd {
         BenchCommand::Model(args) => bench_model(args),
+        BenchCommand::Http(args) => super::bench_http::run(args),
+        BenchCommand::Reload(args) => super::bench_reload::run(args),
     }
 }
 
@@ -58,7 +67,8 @@ fn bench_model(args: BenchModelArgs) -> Result<ExitCode> {
     let started = Instant::now();
     let mut model = args.model.load()?;
     let load_s = started.elapsed().as_secs_f64();
-    let ids = model.encode(&TEXT.repeat(40))?;
+    // Each repetition is over 50 tokens: enough for any --prompt-tokens (4K context runs too).
+    let ids = model.encode(&TEXT.repeat(args.prompt_tokens / 50 + 1))?;
     if ids.len() < args.prompt_tokens {
         bail!("the benchmark paragraph has only {} tokens", ids.len());
     }

@@ -6,6 +6,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod bench_http;
+mod bench_reload;
 mod check;
 mod dev;
 mod generate;
