@@ -135,3 +135,64 @@ async fn header_abuse_gets_431() {
     }
     server.stop().await.unwrap();
 }
+
+// ---------------------------------------------------------------------------------------------
+// The model worker
+
+/// A model folder whose weights load but are all NaN: what a corrupted or overflowed
+/// checkpoint looks like. It is a genuine way to make generation panic, with no test hook in
+/// the engine: with top-k sampling on a vocabulary large enough for the chunked top-k search
+/// (k * 512 < vocab), NaN logits leave no candidate and the sampler indexes an empty list
+/// (`min_p` reads `probs[0]`). Greedy decoding (argmax) does not panic on NaN, so the same
+/// model then serves a healthy request. The fixture's tokenizer, a 16384-token vocabulary.
+fn nan_model(dir: &std::path::Path) -> pipehost::model::Model {
+    use pipehost::model::{DTypeChoice, RandomWeights, fixture, write_random_model};
+    fixture::write_tokenizer(dir).unwrap();
+    let shape = pipehost::model::Qwen3Shape { vocab_size: 16384, ..fixture::shape() };
+    let weights = RandomWeights { std: f32::NAN, norm_std: f32::NAN, seed: 1, dtype: DTypeChoice::F32 };
+    write_random_model(&shape, &weights, dir, dir).unwrap();
+    let spec = pipehost::model::ModelSpec::new(dir.to_string_lossy());
+    pipehost::model::load(&spec).unwrap()
+}
+
+/// A panic inside generation fails that request with a clear error; the worker thread lives
+/// on and serves the next request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn model_worker_panic_fails_one_request_and_the_next_succeeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_owned();
+    let backend = tokio::task::spawn_blocking(move || {
+        let engine = pipehost::model::Engine::start(nan_model(&path), 4);
+        Arc::new(pipehost::backend::CandleBackend::new(Arc::new(engine)))
+    })
+    .await
+    .unwrap();
+    let server = start(Options { backend: Some(backend), ..plain_options() }).await;
+    let path = "/v1/chat/completions";
+    let mut panicking = request("plain", "hello", false);
+    panicking["max_tokens"] = json!(4);
+    panicking["temperature"] = json!(1.0);
+    panicking["top_k"] = json!(20);
+    panicking["min_p"] = json!(0.1);
+    let mut greedy = request("plain", "hello", false);
+    greedy["max_tokens"] = json!(4);
+    greedy["temperature"] = json!(0);
+    for round in 0..3 {
+        let e = expect_error(server.post_json(path, &panicking).await, 502).await;
+        let message = e["message"].as_str().unwrap();
+        assert!(message.contains("panicked"), "round {round}: {e}");
+        assert_eq!(e["code"], "backend_failed", "{e}");
+        // Streaming: the error arrives as an event, then [DONE].
+        let mut body = panicking.clone();
+        body["stream"] = json!(true);
+        let text = server.post_json(path, &body).await.text().await.unwrap();
+        assert!(text.contains("panicked"), "{text}");
+        assert_eq!(sse_data(&text).last().unwrap(), "[DONE]", "{text}");
+        let response = server.post_json(path, &greedy).await;
+        assert_eq!(response.status(), 200, "round {round}: the worker did not survive");
+        let v: Value = response.json().await.unwrap();
+        assert_eq!(v["usage"]["completion_tokens"], 4, "{v}");
+    }
+    assert_eq!(server.get("/readyz").await.status(), 200);
+    server.stop().await.unwrap();
+}

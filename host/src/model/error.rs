@@ -49,6 +49,11 @@ pub enum ModelError {
     #[error("the model queue is full")]
     QueueFull,
 
+    /// Generation panicked (a bug, or weights that produce NaN); this request failed, the
+    /// engine serves the next one.
+    #[error("the model panicked during generation: {0}")]
+    Panicked(String),
+
     /// The engine's worker thread has stopped.
     #[error("the model engine has stopped")]
     EngineStopped,

@@ -5,6 +5,7 @@
 //! while the worker uses their blocking halves. Dropping an [`EventStream`] closes its channel;
 //! the worker notices before the next token and finishes the request as `Cancelled`.
 
+use std::panic::AssertUnwindSafe;
 use std::thread::JoinHandle;
 
 use tokio::sync::mpsc;
@@ -113,12 +114,31 @@ fn worker(mut model: Model, mut jobs: mpsc::Receiver<Job>) {
                 events.blocking_send(Event::Delta(text.to_owned())).is_ok()
             }
         };
-        let last = match model.generate(&request, &mut on_delta) {
-            Ok(report) => Event::Done(report),
-            Err(e) => Event::Error(e),
+        // A panic in generation (a bug, or weights that yield NaN) would end this thread and
+        // with it every later request. It fails this request instead. Unwind safety: the
+        // model's only per-request state is the KV cache, which `generate` clears before it
+        // starts, so the next request does not see what the panic left behind.
+        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| model.generate(&request, &mut on_delta)));
+        let last = match outcome {
+            Ok(Ok(report)) => Event::Done(report),
+            Ok(Err(e)) => Event::Error(e),
+            Err(payload) => {
+                let message = panic_message(payload.as_ref());
+                tracing::error!("the model panicked during generation: {message}");
+                Event::Error(ModelError::Panicked(message))
+            }
         };
         // The receiver may be gone (cancelled): nothing left to tell.
         let _ = events.blocking_send(last);
+    }
+}
+
+/// The text of a panic (`panic!("...")` payloads are `&str` or `String`).
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    match (payload.downcast_ref::<&str>(), payload.downcast_ref::<String>()) {
+        (Some(s), _) => (*s).to_owned(),
+        (_, Some(s)) => s.clone(),
+        _ => "(no message)".to_owned(),
     }
 }
 
