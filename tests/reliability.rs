@@ -14,7 +14,7 @@ use std::io::{Read, Write};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pipehost::backend::{EchoBackend, EchoConfig};
+use pipehost::backend::EchoConfig;
 use pipehost::server::ServerConfig;
 use serde_json::{Value, json};
 use support::server::{Options, TestServer, chat, expect_error, metric_value, sse_data, start};
@@ -68,6 +68,7 @@ fn plain_options() -> Options {
 /// not affected (the timeout covers reading the head only).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_is_cut_off_and_others_are_served() {
+    let _shared = MEMORY.read().await;
     let timeout = Duration::from_millis(600);
     let options = Options {
         config: ServerConfig { header_read_timeout: timeout, ..ServerConfig::default() },
@@ -116,6 +117,7 @@ async fn slowloris_is_cut_off_and_others_are_served() {
 /// (hyper answers these itself, before any handler: the body is empty, not OpenAI-shaped.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn header_abuse_gets_431() {
+    let _shared = MEMORY.read().await;
     let server = start(plain_options()).await;
     let body = request("plain", "hi", false).to_string();
     let tail = format!("Content-Length: {}\r\n\r\n{body}", body.len());
@@ -159,6 +161,7 @@ fn nan_model(dir: &std::path::Path) -> pipehost::model::Model {
 /// on and serves the next request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn model_worker_panic_fails_one_request_and_the_next_succeeds() {
+    let _shared = MEMORY.read().await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_owned();
     let backend = tokio::task::spawn_blocking(move || {
@@ -195,4 +198,302 @@ async fn model_worker_panic_fails_one_request_and_the_next_succeeds() {
     }
     assert_eq!(server.get("/readyz").await.status(), 200);
     server.stop().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Adversarial plugins
+
+/// Tests that measure the process's memory take this lock exclusively; every other test in
+/// this binary holds it shared, so nothing else allocates while the baseline is taken.
+static MEMORY: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+/// The process's resident memory (`VmRSS`), in bytes.
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+}
+
+/// A pipeline whose only post-processing stage is the `guest-evil` component with `config`
+/// (JSON) and `limits` (YAML flow mapping, or empty).
+fn evil_pipeline(config: &str, limits: &str) -> String {
+    let limits = if limits.is_empty() { String::new() } else { format!("    limits: {limits}\n") };
+    format!(
+        "variables:\n  - {{ name: input, required: true }}\nprompt:\n  plugin: persona\n  config:\n    template: \"{{{{ input }}}}\"\npost:\n  - plugin: guest_evil\n    name: evil\n    config: {config}\n{limits}"
+    )
+}
+
+/// One misbehaviour: its pipeline, the request input, and what the client must get.
+struct Case {
+    name: &'static str,
+    config: String,
+    limits: &'static str,
+    input: String,
+    /// `None`: 200 with this text; `Some((status, code, words))`: an error whose message
+    /// names the plugin, the stage and contains every word.
+    expect: Result<&'static str, (u16, &'static str, &'static [&'static str])>,
+    /// The mode runs in the stream's `push` only (whole text just echoes): stream it only.
+    stream_only: bool,
+}
+
+fn cases(listener: std::net::SocketAddr) -> Vec<Case> {
+    let case = |name, config: &str, limits, input: &str, expect| Case {
+        name,
+        config: config.to_string(),
+        limits,
+        input: input.to_string(),
+        expect,
+        stream_only: config.contains(r#""in":"push""#),
+    };
+    vec![
+        case("loop", r#"{"mode":"loop"}"#, "", "x", Err((504, "stage_timeout", &["timed out after 100 ms"]))),
+        // 60 % of its deadline, busy the whole time: must succeed, even on a loaded machine.
+        case(
+            "under-deadline",
+            r#"{"mode":"busy","ms":120}"#,
+            "{time_ms: 200}",
+            "just in time",
+            Ok("just in time"),
+        ),
+        case(
+            "alloc-1gib",
+            r#"{"mode":"alloc","bytes":1073741824}"#,
+            "",
+            "x",
+            Err((500, "stage_failed", &["memory limit of 67108864 bytes"])),
+        ),
+        case(
+            "slow-growth",
+            r#"{"mode":"grow","ms":1}"#,
+            "{time_ms: 10000}",
+            "x",
+            Err((500, "stage_failed", &["memory limit"])),
+        ),
+        case(
+            "panic",
+            r#"{"mode":"panic"}"#,
+            "",
+            "x",
+            Err((500, "stage_failed", &["panicked", "guest-evil: panic requested"])),
+        ),
+        case("unreachable", r#"{"mode":"unreachable"}"#, "", "x", Err((500, "stage_failed", &["trapped"]))),
+        case(
+            "output-100mb",
+            r#"{"mode":"output","bytes":100000000}"#,
+            "{memory_mb: 512, time_ms: 10000}",
+            "x",
+            Err((500, "stage_failed", &["output of 100000000 bytes exceeds its limit of 1048576 bytes"])),
+        ),
+        case(
+            "amplify-1000x",
+            r#"{"mode":"amplify","factor":1000}"#,
+            "",
+            &"放大".repeat(500),
+            Err((500, "stage_failed", &["output of 3000000 bytes exceeds"])),
+        ),
+        case(
+            "read-file",
+            r#"{"mode":"read-file","path":"/etc/passwd"}"#,
+            "",
+            "x",
+            Err((500, "stage_failed", &["read failed"])),
+        ),
+        case("env", r#"{"mode":"env"}"#, "", "x", Ok("vars: 0, args: 0")),
+        case(
+            "tcp",
+            &format!(r#"{{"mode":"tcp","addr":"{listener}"}}"#),
+            "",
+            "x",
+            Err((500, "stage_failed", &["tcp failed"])),
+        ),
+        case(
+            "dns",
+            r#"{"mode":"dns","host":"localhost"}"#,
+            "",
+            "x",
+            Err((500, "stage_failed", &["dns failed"])),
+        ),
+        // The clock trick: sleep in the host, where epoch interruption cannot reach.
+        case(
+            "sleep-60s",
+            r#"{"mode":"sleep","ms":60000}"#,
+            "",
+            "x",
+            Err((504, "stage_timeout", &["timed out after 100 ms"])),
+        ),
+        case(
+            "sleep-in-stream",
+            r#"{"mode":"sleep","ms":60000,"in":"push"}"#,
+            "",
+            "x",
+            Err((504, "stage_timeout", &["timed out after 100 ms"])),
+        ),
+    ]
+}
+
+/// Runs one case once; checks the answer, whole-text and streaming alike.
+async fn run_case(server: &TestServer, case: &Case, stream: bool) {
+    let response = server.post_json("/v1/chat/completions", &request(case.name, &case.input, stream)).await;
+    let name = case.name;
+    match (&case.expect, stream) {
+        (Ok(text), false) => {
+            assert_eq!(response.status(), 200, "{name}");
+            let v: Value = response.json().await.unwrap();
+            assert_eq!(v["choices"][0]["message"]["content"], *text, "{name}: {v}");
+        }
+        (Ok(text), true) => {
+            let body = response.text().await.unwrap();
+            let got: String = sse_data(&body)
+                .iter()
+                .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+                .filter_map(|c| c["choices"][0]["delta"]["content"].as_str().map(String::from))
+                .collect();
+            assert_eq!(got, *text, "{name}: {body}");
+        }
+        (Err((status, code, words)), false) => {
+            assert_eq!(response.status().as_u16(), *status, "{name}");
+            let e = expect_error(response, *status).await;
+            check_error(name, &e, code, words);
+        }
+        (Err((_, code, words)), true) => {
+            // Headers went out before the stage ran: 200, then an error event and [DONE].
+            assert_eq!(response.status(), 200, "{name}");
+            let body = response.text().await.unwrap();
+            let data = sse_data(&body);
+            assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "{name}: {body}");
+            let error: Value = serde_json::from_str(&data[data.len() - 2]).unwrap();
+            check_error(name, &error["error"], code, words);
+        }
+    }
+}
+
+fn check_error(name: &str, e: &Value, code: &str, words: &[&str]) {
+    let message = e["message"].as_str().unwrap();
+    assert_eq!(e["code"], code, "{name}: {e}");
+    assert!(message.contains("plugin `guest_evil` (stage `evil`)"), "{name}: {message}");
+    for word in words {
+        assert!(message.contains(word), "{name}: {word:?} not in {message}");
+    }
+}
+
+/// Every misbehaviour of the evil guest, inside a running server, each through a real
+/// pipeline, whole-text and streaming, while two clients send good requests the whole time:
+/// each bad request gets its specific error naming plugin, stage and cause; every good request
+/// succeeds; the same plugin then serves a healthy request; and the process's memory returns
+/// to its baseline.
+///
+/// `PIPEHOST_RELIABILITY_ROUNDS` rounds of every case (default 1, ~6 s in a debug build; e.g. `PIPEHOST_RELIABILITY_ROUNDS=20 cargo test -p pipehost --release --test
+/// reliability adversarial_plugins_under_load` for a longer run).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn adversarial_plugins_under_load() {
+    let _exclusive = MEMORY.write().await;
+    let rounds: usize =
+        std::env::var("PIPEHOST_RELIABILITY_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(1);
+    // A real listener: a connection would succeed if the sandbox allowed it.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let cases = cases(listener.local_addr().unwrap());
+    let mut files: Vec<(&'static str, String)> = vec![("plain.yaml", PLAIN.to_string())];
+    files.push(("healthy.yaml", evil_pipeline(r#"{"mode":"ok"}"#, "")));
+    for case in &cases {
+        let file: &'static str = Box::leak(format!("{}.yaml", case.name).into_boxed_str());
+        files.push((file, evil_pipeline(&case.config, case.limits)));
+    }
+    let options = Options {
+        config: ServerConfig { max_queue: 256, ..ServerConfig::default() },
+        echo: EchoConfig { chunk_chars: 1 << 16, ..EchoConfig::default() },
+        files,
+        ..Options::default()
+    };
+    let server = Arc::new(start(options).await);
+    let listing: Value = server.get("/v1/pipelines").await.json().await.unwrap();
+    assert_eq!(listing["errors"], json!([]), "{listing}");
+
+    // Good traffic, the whole time: whole-text and streaming, through the plain pipeline.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let good: Vec<_> = (0..2)
+        .map(|w| {
+            let (server, stop) = (server.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut count = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let input = format!("good request {w}-{count}");
+                    let response =
+                        server.post_json("/v1/chat/completions", &request("plain", &input, w == 1)).await;
+                    assert_eq!(response.status(), 200);
+                    let body = response.text().await.unwrap();
+                    assert!(body.contains(&input) && !body.contains("\"error\""), "{body}");
+                    count += 1;
+                    // A steady trickle, not a flood: the point is requests in flight, and
+                    // the machine running these tests may have two cores.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                count
+            })
+        })
+        .collect();
+
+    let healthy = Case {
+        name: "healthy",
+        config: String::new(),
+        limits: "",
+        input: "fine".into(),
+        expect: Ok("fine"),
+        stream_only: false,
+    };
+    // The baseline: a server that has served healthy requests, whole and streaming.
+    for _ in 0..5 {
+        run_case(&server, &healthy, false).await;
+        run_case(&server, &healthy, true).await;
+    }
+    let baseline = rss_bytes();
+    for _ in 0..rounds {
+        for case in &cases {
+            let started = Instant::now();
+            if !case.stream_only {
+                run_case(&server, case, false).await;
+            }
+            run_case(&server, case, true).await;
+            run_case(&server, &healthy, false).await;
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "{}: took {:?}",
+                case.name,
+                started.elapsed()
+            );
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut good_count = 0;
+    for handle in good {
+        good_count += handle.await.unwrap();
+    }
+    assert!(good_count >= 10, "only {good_count} good requests went through");
+    assert!(listener.accept().is_err(), "a plugin reached the listener");
+
+    // Memory: per round, a 1 GiB request (refused at 64 MiB), growth to 64 MiB, 100 MB built
+    // in the guest and copied into the host, 3 MB amplified, twice each. 32 MiB of slack is
+    // half a plugin's memory cap: a guest memory left resident (64 MiB) or the 100 MB output
+    // kept would exceed it; what moves otherwise (allocator arenas, pool slots touched for
+    // the first time, blocking-thread stacks) measured under 10 MiB over 3 rounds.
+    let after = rss_bytes();
+    assert!(
+        after < baseline + (32 << 20),
+        "RSS grew from {} MiB to {} MiB over {rounds} rounds",
+        baseline >> 20,
+        after >> 20
+    );
+    eprintln!(
+        "adversarial_plugins_under_load: {rounds} rounds of {} cases, {good_count} good requests, RSS {} -> {} MiB",
+        cases.len(),
+        baseline >> 20,
+        after >> 20
+    );
+
+    let metrics = server.metrics().await;
+    for cause in ["timeout", "memory_limit", "panic", "trap", "output_too_large", "internal"] {
+        let label = format!("pipehost_plugin_errors_total{{plugin=\"guest_evil\",cause=\"{cause}\"}}");
+        assert!(metric_value(&metrics, &label) >= 1.0, "{label} missing:\n{metrics}");
+    }
+    Arc::into_inner(server).unwrap().stop().await.unwrap();
 }
