@@ -497,3 +497,152 @@ async fn adversarial_plugins_under_load() {
     }
     Arc::into_inner(server).unwrap().stop().await.unwrap();
 }
+
+/// A client that sends a complete head, then its body a byte at a time (slow POST): cut off
+/// with 408 after the read timeout, while others are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_body_is_cut_off_with_408() {
+    let _shared = MEMORY.read().await;
+    let timeout = Duration::from_millis(600);
+    let options = Options {
+        config: ServerConfig { body_read_timeout: timeout, ..ServerConfig::default() },
+        ..plain_options()
+    };
+    let server = start(options).await;
+    let addr = server.addr;
+    let slow = tokio::task::spawn_blocking(move || {
+        let mut socket = std::net::TcpStream::connect(addr).unwrap();
+        socket.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let started = Instant::now();
+        socket
+            .write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{")
+            .unwrap();
+        // A byte every 100 ms; stop writing once the server has answered (or gone).
+        socket.set_nonblocking(true).unwrap();
+        let mut answer = Vec::new();
+        while started.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(100));
+            let mut buf = [0u8; 4096];
+            match socket.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => break,
+            }
+            if !answer.is_empty() || socket.write_all(b" ").is_err() {
+                break;
+            }
+        }
+        (String::from_utf8_lossy(&answer).into_owned(), started.elapsed())
+    });
+    for _ in 0..3 {
+        assert_serving(&server).await;
+    }
+    let (answer, took) = slow.await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?} after {took:?}");
+    assert!(answer.contains("\"code\":\"request_timeout\""), "{answer}");
+    assert!(took < timeout + Duration::from_secs(2), "took {took:?}");
+    assert_serving(&server).await;
+    server.stop().await.unwrap();
+}
+
+/// Components that are the wrong world, an old contract version, or not WebAssembly at all:
+/// the pipelines using them do not load, each with an error naming the file and the mismatch
+/// (in `GET /v1/pipelines`); requests for them are 404; the other pipelines serve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_components_are_rejected_at_load_and_named() {
+    let _shared = MEMORY.read().await;
+    let plugins = tempfile::tempdir().unwrap();
+    for (name, krate) in [
+        ("persona", "persona"),
+        ("guest_evil", "guest-evil"),
+        ("wrong_world", "guest-wrong-world"),
+        ("old_contract", "guest-old-contract"),
+    ] {
+        std::fs::copy(support::component(krate), plugins.path().join(format!("{name}.wasm"))).unwrap();
+    }
+    std::fs::write(plugins.path().join("not_wasm.wasm"), "#!/bin/sh\necho definitely not wasm\n").unwrap();
+    let using = |plugin: &str| evil_pipeline("{}", "").replace("guest_evil", plugin);
+    let options = Options {
+        plugins_dir: Some(plugins.path().to_owned()),
+        files: vec![
+            ("plain.yaml", PLAIN.to_string()),
+            ("ww.yaml", using("wrong_world")),
+            ("old.yaml", using("old_contract")),
+            ("junk.yaml", using("not_wasm")),
+        ],
+        ..Options::default()
+    };
+    let server = start(options).await;
+    let listing: Value = server.get("/v1/pipelines").await.json().await.unwrap();
+    let errors = listing["errors"].to_string();
+    for (file, words) in [
+        ("ww.yaml", &["wrong_world", "not a post-processor", "prompt-build"][..]),
+        ("old.yaml", &["old_contract", "0.0.9", "0.1.0"][..]),
+        ("junk.yaml", &["not_wasm", "not a WebAssembly file"][..]),
+    ] {
+        let error = listing["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(Value::to_string)
+            .find(|e| e.contains(file))
+            .unwrap_or_else(|| panic!("no error for {file} in {errors}"));
+        for word in words {
+            assert!(error.contains(word), "{file}: {word:?} not in {error}");
+        }
+        let model = file.trim_end_matches(".yaml");
+        let e =
+            expect_error(server.post_json("/v1/chat/completions", &request(model, "x", false)).await, 404)
+                .await;
+        assert_eq!(e["code"], "model_not_found");
+    }
+    assert_serving(&server).await;
+    server.stop().await.unwrap();
+}
+
+/// A streaming client that hangs up while a stage holds everything back for `finish` (which
+/// then never comes): generation is cancelled, the streamer is dropped unfinished, and the
+/// same plugin serves the next request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_never_finished_is_dropped_and_the_plugin_serves_on() {
+    let _shared = MEMORY.read().await;
+    let echo = Arc::new(pipehost::backend::EchoBackend::new(EchoConfig {
+        chunk_chars: 1,
+        delay_ms: 10,
+        ..EchoConfig::default()
+    }));
+    let options = Options {
+        backend: Some(echo.clone()),
+        files: vec![("hold.yaml", evil_pipeline(r#"{"mode":"ok","in":"process"}"#, ""))],
+        ..Options::default()
+    };
+    let server = start(options).await;
+    for round in 0..3 {
+        let mut response =
+            server.post_json("/v1/chat/completions", &request("hold", &"等".repeat(500), true)).await;
+        assert_eq!(response.status(), 200);
+        // The role chunk arrives at once; the text is held by the stage until `finish`.
+        response.chunk().await.unwrap().unwrap();
+        drop(response);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while echo.cancelled_count() <= round {
+            assert!(Instant::now() < deadline, "round {round}: generation went on");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let v: Value = server
+            .post_json("/v1/chat/completions", &request("hold", "short.", false))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(v["choices"][0]["message"]["content"], "short.", "{v}");
+    }
+    let metrics = server.metrics().await;
+    assert!(
+        metric_value(&metrics, "pipehost_requests_cancelled_total{reason=\"disconnect\"}") >= 3.0,
+        "{metrics}"
+    );
+    assert!(metrics.contains("pipehost_queue_depth 0"), "{metrics}");
+    server.stop().await.unwrap();
+}

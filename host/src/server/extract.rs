@@ -10,19 +10,30 @@ use axum::extract::{FromRequest, Request};
 use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
 
+use super::AppState;
 use super::error::ApiError;
 
 pub struct ApiJson<T>(pub T);
 
-impl<S, T> FromRequest<S> for ApiJson<T>
+impl<T> FromRequest<AppState> for ApiJson<T>
 where
-    S: Send + Sync,
     T: DeserializeOwned,
 {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        // hyper bounds the time to read a request head, not its body: without this, a client
+        // sending its body a byte at a time (slow POST) holds the connection and the handler
+        // forever.
+        let limit = state.config().body_read_timeout;
+        let read = tokio::time::timeout(limit, Bytes::from_request(req, state)).await.map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!("the request body did not arrive within {} ms", limit.as_millis()),
+            )
+        })?;
+        let bytes = read.map_err(|rejection| {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,

@@ -69,6 +69,8 @@ pub struct ServerConfig {
     /// A request head (request line and headers) not received within this long closes the
     /// connection (slowloris); also how long an idle keep-alive connection stays open.
     pub header_read_timeout: Duration,
+    /// A request body not received within this long (from the end of the head) gets 408.
+    pub body_read_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -81,6 +83,7 @@ impl Default for ServerConfig {
             drain: Duration::from_secs(30),
             stall_timeout: Duration::from_secs(30),
             header_read_timeout: Duration::from_secs(30),
+            body_read_timeout: Duration::from_secs(30),
         }
     }
 }
