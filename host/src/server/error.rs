@@ -5,6 +5,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use crate::backend::BackendError;
 use crate::pipeline::PipelineError;
 use crate::plugin::Cause;
 
@@ -99,6 +100,9 @@ impl ApiError {
             PipelineError::UnknownPipeline(name) => return ApiError::unknown_pipeline(name),
             PipelineError::InvalidVariable { name, .. } => api.param = Some(format!("vars.{name}")),
             PipelineError::InvalidParams(msg) => api.param = backticked(msg),
+            // The backend's own checks (e.g. `max_tokens` against the model's context) name
+            // the field the same way.
+            PipelineError::Backend(BackendError::InvalidRequest(msg)) => api.param = backticked(msg),
             _ => {}
         }
         if matches!(status.as_u16(), 429 | 503) {
