@@ -338,11 +338,13 @@ async fn require_api_key(State(state): State<AppState>, request: Request, next: 
     next.run(request).await
 }
 
+/// Compares the SHA-256 digests, every byte: the time taken depends on neither where the
+/// first difference is nor the key's length (an early return on unequal lengths would tell a
+/// timing attacker how long the key is).
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use sha2::{Digest, Sha256};
+    let (a, b) = (Sha256::digest(a), Sha256::digest(b));
+    a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn count_requests(State(state): State<AppState>, request: Request, next: Next) -> Response {
@@ -430,5 +432,19 @@ async fn get_pipeline(State(state): State<AppState>, Path(name): Path<String>) -
     match state.registry().info(&name) {
         Some(info) => Ok(axum::Json(info).into_response()),
         None => Err(ApiError::unknown_pipeline(&name).with_param("name")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn key_comparison() {
+        assert!(constant_time_eq(b"sekret", b"sekret"));
+        assert!(!constant_time_eq(b"sekret", b"sekreT"));
+        assert!(!constant_time_eq(b"sekret", b"sekret2"));
+        assert!(!constant_time_eq(b"", b"sekret"));
+        assert!(constant_time_eq(b"", b""));
     }
 }
