@@ -913,3 +913,245 @@ async fn tiny_backend(dir: std::path::PathBuf) -> Arc<dyn pipehost::backend::Bac
     .await
     .unwrap()
 }
+
+// ---------------------------------------------------------------------------------------------
+// The real binary: SIGTERM, logs, defaults
+
+const API_KEY: &str = "sk-pipehost-test-5f3a9c0e71";
+
+/// `pipehost serve` with the echo backend on a free loopback port, a temporary pipelines
+/// folder and the built components; stdout and stderr go to files read after it exits.
+struct Binary {
+    child: std::process::Child,
+    addr: std::net::SocketAddr,
+    dir: tempfile::TempDir,
+    _plugins: tempfile::TempDir,
+}
+
+impl Binary {
+    fn start(pipelines: &[(&str, String)], extra_args: &[&str], log: &str) -> Binary {
+        // reqwest is built without a crypto provider; building a client insists on one.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        support::runtime(); // fills the compile cache the binary shares
+        let dir = tempfile::tempdir().unwrap();
+        let pipelines_dir = dir.path().join("pipelines");
+        std::fs::create_dir(&pipelines_dir).unwrap();
+        for (name, text) in pipelines {
+            std::fs::write(pipelines_dir.join(name), text).unwrap();
+        }
+        let plugins = support::plugins_dir();
+        // A free port: bind, read, release (the binary binds it a moment later).
+        let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_pipehost"))
+            .arg("serve")
+            .args(["--model", "echo", "--addr", &addr.to_string()])
+            .arg("--pipelines")
+            .arg(&pipelines_dir)
+            .arg("--plugins")
+            .arg(plugins.path())
+            .args(extra_args)
+            .env("PIPEHOST_CACHE_DIR", support::test_cache_dir())
+            .env("PIPEHOST_LOG", log)
+            .env_remove("PIPEHOST_API_KEY")
+            .stdout(std::fs::File::create(dir.path().join("stdout")).unwrap())
+            .stderr(std::fs::File::create(dir.path().join("stderr")).unwrap())
+            .spawn()
+            .unwrap();
+        let binary = Binary { child, addr, dir, _plugins: plugins };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(Instant::now() < deadline, "the server did not start:\n{}", binary.output());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        binary
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    fn signal(&self, signal: &str) {
+        let status =
+            std::process::Command::new("kill").args([signal, &self.child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the exit; `None` if it takes longer than `limit`.
+    fn wait(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Everything it printed, stdout then stderr.
+    fn output(&self) -> String {
+        let read = |name| std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default();
+        format!("{}{}", read("stdout"), read("stderr"))
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// SIGTERM with streams in flight: they complete (ending in [DONE]) within the drain time,
+/// new connections are refused at once, and the process exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_streams_and_refuses_new_connections() {
+    let _shared = MEMORY.read().await;
+    // Streams that take about a second without any test hook: a stage that is busy 40 ms
+    // per chunk (the echo backend sends 4 characters a chunk).
+    let slow = evil_pipeline(r#"{"mode":"busy","ms":40,"in":"push"}"#, "{time_ms: 1000}")
+        .replace("guest_evil", "evil");
+    let mut binary = tokio::task::spawn_blocking(move || {
+        Binary::start(&[("slow.yaml", slow)], &["--drain-secs", "20", "--no-watch"], "info")
+    })
+    .await
+    .unwrap();
+    let client = reqwest::Client::new();
+    let input = "慢".repeat(100); // 25 chunks x 40 ms
+    let mut streams = Vec::new();
+    for _ in 0..3 {
+        let mut response = client
+            .post(binary.url("/v1/chat/completions"))
+            .body(request("slow", &input, true).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let first = response.chunk().await.unwrap().unwrap(); // the role chunk: in flight
+        streams.push((String::from_utf8_lossy(&first).into_owned(), response));
+    }
+    let signalled = Instant::now();
+    binary.signal("-TERM");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        tokio::net::TcpStream::connect(binary.addr).await.is_err(),
+        "a new connection was accepted while draining"
+    );
+    for (mut text, mut response) in streams {
+        while let Some(chunk) = response.chunk().await.unwrap() {
+            text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        assert_eq!(sse_data(&text).last().map(String::as_str), Some("[DONE]"), "{text}");
+        assert!(!text.contains("\"error\""), "{text}");
+        let content: String = sse_data(&text)
+            .iter()
+            .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+            .filter_map(|c| c["choices"][0]["delta"]["content"].as_str().map(String::from))
+            .collect();
+        assert_eq!(content, input, "the stream lost text");
+    }
+    let status =
+        tokio::task::spawn_blocking(move || (binary.wait(Duration::from_secs(20)), binary)).await.unwrap();
+    let (status, binary) = status;
+    let status = status.unwrap_or_else(|| panic!("no exit within the drain time:\n{}", binary.output()));
+    assert_eq!(status.code(), Some(0), "{}", binary.output());
+    assert!(signalled.elapsed() < Duration::from_secs(20));
+    assert!(binary.output().contains("draining"), "{}", binary.output());
+}
+
+/// The API key never reaches the logs (at trace level, everything on) or the banner, through
+/// startup, accepted, rejected and malformed authentication, a plugin error and shutdown; and
+/// every endpoint but the health checks requires it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn security_defaults_api_key_everywhere_but_health_and_never_logged() {
+    let _shared = MEMORY.read().await;
+    let failing = evil_pipeline(r#"{"mode":"panic"}"#, "").replace("guest_evil", "evil");
+    let mut binary = tokio::task::spawn_blocking(move || {
+        Binary::start(
+            &[("plain.yaml", PLAIN.to_string()), ("failing.yaml", failing)],
+            &["--api-key", API_KEY, "--no-watch"],
+            "trace",
+        )
+    })
+    .await
+    .unwrap();
+    let client = reqwest::Client::new();
+    let chat_body = request("plain", "hello", false).to_string();
+    let run_body = json!({"vars": {"input": "hello"}}).to_string();
+    let endpoints: [(&str, &str, Option<&str>); 7] = [
+        ("POST", "/v1/chat/completions", Some(&chat_body)),
+        ("POST", "/v1/pipelines/plain/run", Some(&run_body)),
+        ("GET", "/v1/models", None),
+        ("GET", "/v1/models/plain", None),
+        ("GET", "/v1/pipelines", None),
+        ("GET", "/v1/pipelines/plain", None),
+        ("GET", "/metrics", None),
+    ];
+    for (method, path, body) in endpoints {
+        let send = |auth: Option<&str>| {
+            let mut builder = client.request(method.parse().unwrap(), binary.url(path));
+            if let Some(auth) = auth {
+                builder = builder.header("authorization", auth);
+            }
+            if let Some(body) = body {
+                builder = builder.body(body.to_string());
+            }
+            builder.send()
+        };
+        for auth in
+            [None, Some("Bearer wrong"), Some("Basic Zm9vOmJhcg=="), Some(&format!("Bearer {API_KEY}x"))]
+        {
+            let e = expect_error(send(auth).await.unwrap(), 401).await;
+            assert_eq!(e["code"], "invalid_api_key", "{method} {path} with {auth:?}");
+        }
+        let ok = send(Some(&format!("Bearer {API_KEY}"))).await.unwrap();
+        assert_eq!(ok.status(), 200, "{method} {path}");
+    }
+    for path in ["/healthz", "/readyz"] {
+        assert_eq!(client.get(binary.url(path)).send().await.unwrap().status(), 200, "{path}");
+    }
+    // A non-UTF-8 Authorization header: 401, not a crash.
+    let addr = binary.addr;
+    let (answer, _) = tokio::task::spawn_blocking(move || {
+        raw_exchange(addr, b"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\xfe\r\nConnection: close\r\n\r\n", Duration::from_secs(5))
+    })
+    .await
+    .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    // A plugin failure, logged with its request.
+    let failing = client
+        .post(binary.url("/v1/chat/completions"))
+        .bearer_auth(API_KEY)
+        .body(request("failing", "x", false).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(failing.status(), 500);
+    binary.signal("-TERM");
+    let (status, binary) =
+        tokio::task::spawn_blocking(move || (binary.wait(Duration::from_secs(10)), binary)).await.unwrap();
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", binary.output());
+    let output = binary.output();
+    assert!(output.lines().count() > 50, "trace logging produced too little to mean anything:\n{output}");
+    assert!(output.contains("panic requested"), "the plugin failure was not logged");
+    assert!(!output.contains(API_KEY), "the API key appears in the output");
+    // Nor a recognisable part of it (e.g. a truncated or escaped rendering).
+    assert!(!output.contains(&API_KEY[3..15]), "part of the API key appears in the output");
+}
+
+/// The default bind address, as the CLI parses it, is loopback.
+#[test]
+fn default_bind_is_loopback() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pipehost"))
+        .args(["serve", "--help"])
+        .env_remove("PIPEHOST_ADDR")
+        .output()
+        .unwrap();
+    let help = String::from_utf8(out.stdout).unwrap();
+    let addr = help.split("--addr").nth(1).unwrap();
+    let default = addr.split("[default: ").nth(1).unwrap().split(']').next().unwrap();
+    let default: std::net::SocketAddr = default.parse().unwrap();
+    assert!(default.ip().is_loopback(), "default bind {default}");
+}
