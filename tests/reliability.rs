@@ -650,6 +650,9 @@ async fn a_stream_never_finished_is_dropped_and_the_plugin_serves_on() {
 // ---------------------------------------------------------------------------------------------
 // Bad input over HTTP (the cases tests/server_http.rs does not already cover)
 
+/// (what, body, status, code, param)
+type BadBody = (&'static str, Vec<u8>, u16, &'static str, Option<&'static str>);
+
 /// Malformed bytes, wrong shapes, absurd values: each a 400 (or the status named) with an
 /// OpenAI-shaped error naming the field where there is one; the server answers the next
 /// request.
@@ -659,8 +662,7 @@ async fn hostile_bodies_get_specific_errors() {
     let server = start(plain_options()).await;
     let path = "/v1/chat/completions";
     let raw = |bytes: &[u8]| bytes.to_vec();
-    // (what, body, status, code, param)
-    let cases: Vec<(&str, Vec<u8>, u16, &str, Option<&str>)> = vec![
+    let cases: Vec<BadBody> = vec![
         ("empty body", raw(b""), 400, "invalid_json", None),
         (
             "invalid UTF-8 in content",
