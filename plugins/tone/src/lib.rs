@@ -3,6 +3,9 @@
 //! Matching is Aho-Corasick, **leftmost-longest**: scanning left to right, at the first position
 //! where some phrase matches, the longest phrase that matches there (and passes the word-boundary
 //! check) is replaced, and scanning resumes after it. Replacements are never rescanned.
+//! Phrases are found with an automaton, or, for up to 128 phrases on short text, with one
+//! substring search per phrase: the automaton would be rebuilt on every call (nothing survives
+//! a call), and for the presets on a few KB building it costs more than the scans.
 //!
 //! # Config
 //!
@@ -52,7 +55,7 @@
 
 mod presets;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, AhoCorasickKind, MatchKind};
 use pipehost_plugin_sdk::{
@@ -143,17 +146,36 @@ fn is_cjk(c: char) -> bool {
     )
 }
 
+/// How [`Dictionary::rewrite`] finds phrases. Both find every occurrence of every phrase,
+/// overlapping ones included, so the choice changes the cost, never the output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Search {
+    /// One Aho-Corasick automaton: one pass over the text, but building it costs ~2.5 µs per
+    /// phrase natively and ~2.3x that in the component, on every call (a fresh instance per
+    /// call keeps nothing), e.g. ~500 µs for the two presets.
+    Automaton,
+    /// A substring search per phrase: nothing to build; costs phrases × text length.
+    Scan,
+}
+
+/// Dictionaries with more phrases always get the automaton.
+const SCAN_MAX_PHRASES: usize = 128;
+/// A whole-text call whose phrases × text bytes exceed this builds the automaton (64 presets'
+/// worth of phrases on 16 KB: about where the two cost the same).
+const SCAN_MAX_WORK: usize = 1 << 20;
+
 /// The merged, compiled rule set.
 pub struct Dictionary {
-    /// `MatchKind::Standard`: the only kind that reports overlapping matches, which we need to
-    /// fall back to a shorter phrase when the longest one fails the word-boundary check.
+    /// With `MatchKind::Standard`: the only kind that reports overlapping matches, which we need
+    /// to fall back to a shorter phrase when the longest one fails the word-boundary check.
+    /// `None` with [`Search::Scan`] or no phrases.
     ac: Option<AhoCorasick>,
+    /// The phrases, ASCII-lowercased when case-insensitive (for [`Search::Scan`] and for
+    /// holding back a stream's tail while it is a proper prefix of one).
+    phrases: Vec<String>,
     to: Vec<String>,
     first_is_word: Vec<bool>,
     last_is_word: Vec<bool>,
-    /// Every proper prefix of every phrase (ASCII-lowercased when case-insensitive): the tail of
-    /// a stream is held back only while it is one of these.
-    prefixes: HashSet<String>,
     /// Longest phrase in bytes: a tail longer than this cannot be a prefix.
     max_len: usize,
     case_insensitive: bool,
@@ -161,8 +183,19 @@ pub struct Dictionary {
 }
 
 impl Dictionary {
-    /// Merges presets and rules and compiles them; errors name the bad preset or rule.
+    /// Merges presets and rules and compiles them into an automaton; errors name the bad preset
+    /// or rule.
     pub fn new(config: &Config) -> Result<Self, PluginError> {
+        Self::build(config, |_| Search::Automaton)
+    }
+
+    /// Like [`Self::new`], with the given way of searching.
+    pub fn with_search(config: &Config, search: Search) -> Result<Self, PluginError> {
+        Self::build(config, |_| search)
+    }
+
+    /// `choose` picks the search from the number of phrases.
+    fn build(config: &Config, choose: impl FnOnce(usize) -> Search) -> Result<Self, PluginError> {
         let mut merged: Vec<(String, String)> = Vec::new();
         let mut index: HashMap<String, usize> = HashMap::new();
         let mut add = |from: &str, to: &str| match index.get(from) {
@@ -193,7 +226,7 @@ impl Dictionary {
             add(&rule.from, &rule.to);
         }
 
-        let ac = if merged.is_empty() {
+        let ac = if merged.is_empty() || choose(merged.len()) == Search::Scan {
             None
         } else {
             let ac = AhoCorasickBuilder::new()
@@ -209,14 +242,9 @@ impl Dictionary {
             Some(ac)
         };
         let fold = |s: &str| if config.case_insensitive { s.to_ascii_lowercase() } else { s.to_owned() };
-        let mut prefixes = HashSet::new();
-        for (from, _) in &merged {
-            for (i, _) in from.char_indices().skip(1) {
-                prefixes.insert(fold(&from[..i]));
-            }
-        }
         Ok(Self {
             ac,
+            phrases: merged.iter().map(|(from, _)| fold(from)).collect(),
             first_is_word: merged.iter().map(|(f, _)| f.chars().next().is_some_and(is_word_char)).collect(),
             last_is_word: merged
                 .iter()
@@ -224,7 +252,6 @@ impl Dictionary {
                 .collect(),
             max_len: merged.iter().map(|(f, _)| f.len()).max().unwrap_or(0),
             to: merged.into_iter().map(|(_, to)| to).collect(),
-            prefixes,
             case_insensitive: config.case_insensitive,
             word_boundary: config.word_boundary,
         })
@@ -235,11 +262,46 @@ impl Dictionary {
         if rest.len() >= self.max_len {
             return false;
         }
-        if self.case_insensitive {
-            self.prefixes.contains(&rest.to_ascii_lowercase())
+        let folded;
+        let rest = if self.case_insensitive {
+            folded = rest.to_ascii_lowercase();
+            folded.as_str()
         } else {
-            self.prefixes.contains(rest)
+            rest
+        };
+        // `rest` is valid UTF-8, so where it ends inside a phrase is a character boundary.
+        self.phrases.iter().any(|p| p.len() > rest.len() && p.starts_with(rest))
+    }
+
+    /// Every occurrence of every phrase in `buf` as (start, end, phrase index), overlapping
+    /// occurrences included, in no particular order.
+    fn find_all(&self, buf: &str) -> Vec<(usize, usize, usize)> {
+        if let Some(ac) = &self.ac {
+            return ac
+                .find_overlapping_iter(buf)
+                .map(|m| (m.start(), m.end(), m.pattern().as_usize()))
+                .collect();
         }
+        // ASCII folding keeps every byte offset, so matches in the folded text are matches in
+        // `buf`, as the automaton's ASCII case-insensitive mode finds them.
+        let folded;
+        let hay = if self.case_insensitive {
+            folded = buf.to_ascii_lowercase();
+            folded.as_str()
+        } else {
+            buf
+        };
+        let mut found = Vec::new();
+        for (i, phrase) in self.phrases.iter().enumerate() {
+            let mut from = 0;
+            while let Some(offset) = hay[from..].find(phrase.as_str()) {
+                let start = from + offset;
+                found.push((start, start + phrase.len(), i));
+                // Overlapping occurrences too: resume one character after this start.
+                from = start + hay[start..].chars().next().map_or(1, char::len_utf8);
+            }
+        }
+        found
     }
 
     /// Rewrites `buf` into `out` from its start and returns how many bytes of `buf` it consumed.
@@ -249,13 +311,12 @@ impl Dictionary {
     /// could still depend on unseen text; everything it did decide is exactly what a whole-text
     /// run decides there, because each decision only looks at text it has.
     pub fn rewrite(&self, buf: &str, mut prev: Option<char>, last: bool, out: &mut String) -> usize {
-        let Some(ac) = &self.ac else {
+        if self.phrases.is_empty() {
             out.push_str(buf);
             return buf.len();
-        };
+        }
         // All occurrences, then ordered so that the candidates at each start come longest first.
-        let mut found: Vec<(usize, usize, usize)> =
-            ac.find_overlapping_iter(buf).map(|m| (m.start(), m.end(), m.pattern().as_usize())).collect();
+        let mut found = self.find_all(buf);
         found.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)).then(a.2.cmp(&b.2)));
 
         let mut next = 0; // first entry of `found` that may start at or after `pos`
@@ -309,18 +370,31 @@ impl PostProcessor for Tone {
     type Config = Config;
 
     fn check_config(config: &Config) -> Result<(), PluginError> {
+        // With the automaton: a config passes only if any call could build it.
         Dictionary::new(config).map(|_| ())
     }
 
     fn process(text: &str, config: &Config, _ctx: &Context) -> Result<String, PluginError> {
-        let dict = Dictionary::new(config)?;
+        let dict = Dictionary::build(config, |n| {
+            if n > SCAN_MAX_PHRASES || n * text.len() > SCAN_MAX_WORK {
+                Search::Automaton
+            } else {
+                Search::Scan
+            }
+        })?;
         let mut out = String::with_capacity(text.len());
         dict.rewrite(text, None, true, &mut out);
         Ok(out)
     }
 
     fn open(config: Config, _ctx: Context) -> Result<Box<dyn Streamer>, PluginError> {
-        Ok(Box::new(ToneStream { dict: Dictionary::new(&config)?, pending: String::new(), prev: None }))
+        // A stream searches only its short pending tail per push: scanning is cheap there.
+        let dict =
+            Dictionary::build(
+                &config,
+                |n| if n > SCAN_MAX_PHRASES { Search::Automaton } else { Search::Scan },
+            )?;
+        Ok(Box::new(ToneStream { dict, pending: String::new(), prev: None }))
     }
 }
 

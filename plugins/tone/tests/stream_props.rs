@@ -1,9 +1,10 @@
-//! Property: for random text and random chunking, the stream's output equals `process`.
+//! Properties: for random text and random chunking, the stream's output equals `process`; the
+//! two ways of finding phrases give the same output.
 
 use pipehost_plugin_sdk::testing::run_stream;
 use pipehost_plugin_sdk::{Context, PostProcessor};
 use proptest::prelude::*;
-use tone::Tone;
+use tone::{Dictionary, Search, Tone};
 
 /// Pieces that make matches, near-matches (prefixes), overlaps and boundaries likely.
 fn text() -> impl Strategy<Value = String> {
@@ -47,5 +48,19 @@ proptest! {
         let (streamed, stopped) = run_stream::<Tone>(&text, &config, &chunks).unwrap();
         prop_assert!(!stopped);
         prop_assert_eq!(streamed, whole);
+    }
+
+    #[test]
+    fn scan_equals_automaton(text in text(), config in config()) {
+        let cfg = Tone::config(&config).unwrap();
+        // `last: false` also covers holding back a tail that may grow into a phrase.
+        for last in [true, false] {
+            let rewrite = |search| {
+                let mut out = String::new();
+                let used = Dictionary::with_search(&cfg, search).unwrap().rewrite(&text, None, last, &mut out);
+                (out, used)
+            };
+            prop_assert_eq!(rewrite(Search::Scan), rewrite(Search::Automaton));
+        }
     }
 }
