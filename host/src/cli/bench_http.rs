@@ -8,8 +8,10 @@
 //! Three subjects alternate in rounds at every concurrency level, so machine noise hits them
 //! alike: `/healthz` (HTTP alone), `bare` (the persona prompt builder and the echo backend, no
 //! post-processors) and `full` (the same plus dedupe, punctuation, tone, truncate). The ratios
-//! full/bare and bare/healthz are the numbers to compare across machines. The server's peak
-//! RSS is read per level (VmHWM, reset with /proc/PID/clear_refs before each level).
+//! full/bare and bare/healthz are the numbers to compare across machines. So is the CPU time
+//! per request (server and clients, from /proc/PID/stat): on a shared machine it does not
+//! depend on what else runs. The server's peak RSS is read per level (VmHWM, reset with
+//! /proc/PID/clear_refs before each level).
 //!
 //! `--reload-swaps N` turns it into the reload-under-load test (see `bench_reload.rs`).
 
@@ -207,6 +209,11 @@ impl ServerChild {
         line[key.len()..].trim().trim_end_matches("kB").trim().parse().ok()
     }
 
+    /// CPU time the child has used (user + system, all threads), from /proc/PID/stat.
+    pub fn cpu_time(&self) -> Duration {
+        cpu_time(&format!("/proc/{}/stat", self.child.id()))
+    }
+
     pub fn rss_kib(&self) -> Option<u64> {
         self.status_kib("VmRSS:")
     }
@@ -226,6 +233,18 @@ impl Drop for ServerChild {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// utime + stime of a /proc/.../stat file. Clock ticks are 100 Hz on every Linux build that
+/// matters here (USER_HZ); a round of a few seconds makes the 10 ms granularity negligible.
+pub(crate) fn cpu_time(stat: &str) -> Duration {
+    let ticks = std::fs::read_to_string(stat).ok().and_then(|s| {
+        // Fields after the command name, which is in parentheses and may contain spaces.
+        let rest = s.rsplit_once(')')?.1;
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+    });
+    Duration::from_millis(ticks.unwrap_or(0) * 10)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -382,6 +401,9 @@ pub(crate) struct Stats {
     pub errors: usize,
     pub first_error: Option<String>,
     pub seconds: f64,
+    /// CPU time the server and this process (the clients) used meanwhile.
+    pub server_cpu: Duration,
+    pub client_cpu: Duration,
 }
 
 impl Stats {
@@ -391,6 +413,8 @@ impl Stats {
         self.busy += other.busy;
         self.errors += other.errors;
         self.seconds += other.seconds;
+        self.server_cpu += other.server_cpu;
+        self.client_cpu += other.client_cpu;
         if self.first_error.is_none() {
             self.first_error = other.first_error;
         }
@@ -576,8 +600,10 @@ async fn bench_http(args: BenchHttpArgs) -> Result<ExitCode> {
     println!();
     let ttfd = if args.stream { " first delta p50 | first delta p99 |" } else { "" };
     let ttfd_sep = if args.stream { "---|---|" } else { "" };
-    println!("| clients | subject | requests | req/s | p50 | p99 |{ttfd} 429 | errors |");
-    println!("|---|---|---|---|---|---|{ttfd_sep}---|---|");
+    println!(
+        "| clients | subject | requests | req/s | p50 | p99 |{ttfd} 429 | errors | server CPU/req | client CPU/req |"
+    );
+    println!("|---|---|---|---|---|---|{ttfd_sep}---|---|---|---|");
 
     let mut failed = false;
     let mut summary = String::new();
@@ -596,7 +622,11 @@ async fn bench_http(args: BenchHttpArgs) -> Result<ExitCode> {
         let mut stats: Vec<Stats> = targets.iter().map(|_| Stats::default()).collect();
         for _ in 0..args.rounds {
             for (i, (_, t)) in targets.iter().enumerate() {
-                stats[i].merge(drive(&clients, &base, t, &bodies[i], round, None).await);
+                let (server_cpu, client_cpu) = (server.cpu_time(), cpu_time("/proc/self/stat"));
+                let mut s = drive(&clients, &base, t, &bodies[i], round, None).await;
+                s.server_cpu = server.cpu_time().saturating_sub(server_cpu);
+                s.client_cpu = cpu_time("/proc/self/stat").saturating_sub(client_cpu);
+                stats[i].merge(s);
             }
         }
         let peak = server.peak_rss_kib();
@@ -617,14 +647,17 @@ async fn bench_http(args: BenchHttpArgs) -> Result<ExitCode> {
             } else {
                 String::new()
             };
+            let per_request = |d: Duration| fmt_us(d.as_secs_f64() * 1e6 / s.latency_us.len().max(1) as f64);
             println!(
-                "| {level} | {name} | {} | {:.0} | {} | {} |{ttfd} {} | {} |",
+                "| {level} | {name} | {} | {:.0} | {} | {} |{ttfd} {} | {} | {} | {} |",
                 s.latency_us.len(),
                 s.latency_us.len() as f64 / s.seconds,
                 fmt_us(p50),
                 fmt_us(percentile(&s.latency_us, 0.99)),
                 s.busy,
-                s.errors
+                s.errors,
+                per_request(s.server_cpu),
+                per_request(s.client_cpu),
             );
             if let Some(e) = &s.first_error {
                 eprintln!("{name} at {level} clients: first error: {e}");
