@@ -18,8 +18,13 @@ use super::spec::OnError;
 use crate::backend::GenerationParams;
 use crate::plugin::PluginRuntime;
 
-/// How long the watcher waits for a burst of file events to settle before reloading.
-pub const DEBOUNCE: Duration = Duration::from_millis(100);
+/// How long the watcher waits for a burst of file events to settle before reloading: a quiet
+/// period, restarted by every event, so a file written in several pieces is read once complete
+/// (an editor's or `cp`'s writes come microseconds apart; `bench http --reload-swaps` writes in
+/// two halves 10 ms apart). A half-written .wasm never loads anyway (it fails validation and the
+/// old version keeps serving). 50 ms, not 100: the debounce is most of a YAML edit's reload
+/// time (docs/performance.md).
+pub const DEBOUNCE: Duration = Duration::from_millis(50);
 
 /// The pipelines folder when none is given: `$PIPEHOST_PIPELINES_DIR`, else `pipelines` in the
 /// current directory if it exists, else the source tree's `pipelines`.
