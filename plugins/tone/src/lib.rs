@@ -363,6 +363,11 @@ impl Dictionary {
     }
 }
 
+/// A stream searches only its short pending tail per push: scanning is cheap there.
+fn stream_search(phrases: usize) -> Search {
+    if phrases > SCAN_MAX_PHRASES { Search::Automaton } else { Search::Scan }
+}
+
 /// The plugin.
 pub struct Tone;
 
@@ -370,8 +375,10 @@ impl PostProcessor for Tone {
     type Config = Config;
 
     fn check_config(config: &Config) -> Result<(), PluginError> {
-        // With the automaton: a config passes only if any call could build it.
-        Dictionary::new(config).map(|_| ())
+        // The SDK checks the config on every call, before `process` or `open`: build what a
+        // stream would, not an automaton a short call does not use. (Building the automaton
+        // can only fail for dictionaries far beyond 128 phrases, which do build it here.)
+        Dictionary::build(config, stream_search).map(|_| ())
     }
 
     fn process(text: &str, config: &Config, _ctx: &Context) -> Result<String, PluginError> {
@@ -388,12 +395,7 @@ impl PostProcessor for Tone {
     }
 
     fn open(config: Config, _ctx: Context) -> Result<Box<dyn Streamer>, PluginError> {
-        // A stream searches only its short pending tail per push: scanning is cheap there.
-        let dict =
-            Dictionary::build(
-                &config,
-                |n| if n > SCAN_MAX_PHRASES { Search::Automaton } else { Search::Scan },
-            )?;
+        let dict = Dictionary::build(&config, stream_search)?;
         Ok(Box::new(ToneStream { dict, pending: String::new(), prev: None }))
     }
 }
