@@ -420,8 +420,9 @@ async fn adversarial_plugins_under_load() {
                     let input = format!("good request {w}-{count}");
                     let response =
                         server.post_json("/v1/chat/completions", &request("plain", &input, w == 1)).await;
-                    assert_eq!(response.status(), 200);
+                    let status = response.status();
                     let body = response.text().await.unwrap();
+                    assert_eq!(status, 200, "{body}");
                     assert!(body.contains(&input) && !body.contains("\"error\""), "{body}");
                     count += 1;
                     // A steady trickle, not a flood: the point is requests in flight, and
@@ -447,7 +448,10 @@ async fn adversarial_plugins_under_load() {
         run_case(&server, &healthy, true).await;
     }
     let baseline = rss_bytes();
-    for _ in 0..rounds {
+    for round in 0..rounds {
+        if round > 0 {
+            eprintln!("round {round}: RSS {} MiB", rss_bytes() >> 20);
+        }
         for case in &cases {
             let started = Instant::now();
             if !case.stream_only {
