@@ -214,14 +214,27 @@ fn rss_bytes() -> u64 {
     line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
 }
 
+/// `pipeline` with a 5 s deadline on its prompt stage (the persona plugin). These tests are
+/// about isolation, not the default 100 ms deadline: that is wall-clock time, and on a
+/// shared, overloaded machine (load 15 on 2 cores was seen) healthy calls overrun it.
+fn patient(pipeline: &str) -> String {
+    let prompt = "prompt:\n  plugin: persona\n";
+    assert!(pipeline.contains(prompt));
+    pipeline.replace(prompt, &format!("{prompt}  limits: {{time_ms: 5000}}\n"))
+}
+
 /// A pipeline whose only post-processing stage is the `guest-evil` component with `config`
 /// (JSON) and `limits` (YAML flow mapping, or empty).
 fn evil_pipeline(config: &str, limits: &str) -> String {
     let limits = if limits.is_empty() { String::new() } else { format!("    limits: {limits}\n") };
-    format!(
+    patient(&format!(
         "variables:\n  - {{ name: input, required: true }}\nprompt:\n  plugin: persona\n  config:\n    template: \"{{{{ input }}}}\"\npost:\n  - plugin: guest_evil\n    name: evil\n    config: {config}\n{limits}"
-    )
+    ))
 }
+
+/// `Ok(text)`: 200 with this text; `Err((status, code, words))`: an error whose message names
+/// the plugin, the stage and contains every word.
+type Expect = Result<&'static str, (u16, &'static str, &'static [&'static str])>;
 
 /// One misbehaviour: its pipeline, the request input, and what the client must get.
 struct Case {
@@ -229,18 +242,22 @@ struct Case {
     config: String,
     limits: &'static str,
     input: String,
-    /// `None`: 200 with this text; `Some((status, code, words))`: an error whose message
-    /// names the plugin, the stage and contains every word.
-    expect: Result<&'static str, (u16, &'static str, &'static [&'static str])>,
+    expect: Expect,
     /// The mode runs in the stream's `push` only (whole text just echoes): stream it only.
     stream_only: bool,
 }
 
 fn cases(listener: std::net::SocketAddr) -> Vec<Case> {
-    let case = |name, config: &str, limits, input: &str, expect| Case {
+    // Every case whose expected cause is not the deadline gets 5 s, so that the cause stays
+    // the one under test on a loaded machine.
+    let case = |name, config: &str, limits: &'static str, input: &str, expect: Expect| Case {
         name,
         config: config.to_string(),
-        limits,
+        limits: if limits.is_empty() && !matches!(expect, Err((504, ..))) {
+            "{time_ms: 5000}"
+        } else {
+            limits
+        },
         input: input.to_string(),
         expect,
         stream_only: config.contains(r#""in":"push""#),
@@ -393,7 +410,7 @@ async fn adversarial_plugins_under_load() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let cases = cases(listener.local_addr().unwrap());
-    let mut files: Vec<(&'static str, String)> = vec![("plain.yaml", PLAIN.to_string())];
+    let mut files: Vec<(&'static str, String)> = vec![("plain.yaml", patient(PLAIN))];
     files.push(("healthy.yaml", evil_pipeline(r#"{"mode":"ok"}"#, "")));
     for case in &cases {
         let file: &'static str = Box::leak(format!("{}.yaml", case.name).into_boxed_str());
