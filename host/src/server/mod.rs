@@ -255,6 +255,11 @@ pub async fn serve(
             accepted = axum::serve::Listener::accept(&mut listener) => accepted,
             _ = phase_rx.wait_for(|p| *p >= Phase::Draining) => break,
         };
+        // No Nagle: an SSE event written while the previous one is unacknowledged would wait for
+        // the client's delayed ACK (40 ms on Linux): streamed answers took 44 ms at one client.
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!("TCP_NODELAY: {e}");
+        }
         let service = TowerToHyperService::new(app.clone());
         let mut phase_rx = state.0.phase.subscribe();
         let open = open_rx.clone();
