@@ -130,13 +130,15 @@ fn row(what: &str, samples: &mut [Duration]) {
     println!("| {what} | {n} | {} | {} |", us(pct(samples, 0.5)), us(pct(samples, 0.99)));
 }
 
+/// Per request: the latencies of the deltas whose text came through, and how many were held.
+type Results = Arc<Mutex<Vec<(Vec<Duration>, usize)>>>;
+
 /// A backend that sends its script one delta at a time, waiting for the caller's receipt.
 struct Lockstep {
     script: Vec<String>,
     /// Receipts from the caller: when it got a delta.
     receipts: Mutex<Option<std_mpsc::Receiver<Instant>>>,
-    /// (latency, held) per request, for the bench.
-    results: Arc<Mutex<Vec<(Vec<Duration>, usize)>>>,
+    results: Results,
 }
 
 impl Backend for Lockstep {

@@ -421,6 +421,9 @@ impl Stats {
     }
 }
 
+/// Checks a successful answer; an `Err` counts the request as failed.
+pub(crate) type Check = Arc<dyn Fn(&Answer) -> Result<(), String> + Send + Sync>;
+
 /// Runs `clients` for `duration`, each sending `target` back to back. `check` sees every
 /// successful answer and may turn it into an error.
 pub(crate) async fn drive(
@@ -429,7 +432,7 @@ pub(crate) async fn drive(
     target: &Target,
     body: &Arc<Vec<u8>>,
     duration: Duration,
-    check: Option<Arc<dyn Fn(&Answer) -> Result<(), String> + Send + Sync>>,
+    check: Option<Check>,
 ) -> Stats {
     let deadline = Instant::now() + duration;
     let started = Instant::now();

@@ -24,8 +24,8 @@ use clap::Args;
 use sha2::{Digest, Sha256};
 
 use super::bench_http::{
-    Answer, BenchHttpArgs, Outcome, ServerChild, Stats, Target, chat_body, client, drive, fmt_us, percentile,
-    request, sample_text,
+    Answer, BenchHttpArgs, Check, Outcome, ServerChild, Stats, Target, chat_body, client, drive, fmt_us,
+    percentile, request, sample_text,
 };
 use crate::pipeline::{DEBOUNCE, Executor, Registry, RunRequest};
 use crate::plugin::{PluginRuntime, RuntimeConfig, default_plugins_dir};
@@ -387,7 +387,7 @@ pub(crate) async fn reload_under_load(args: &BenchHttpArgs, swaps: usize) -> Res
     // An answer is good when its text is one version's whole answer and its record names
     // that version's pipeline file and plugin.
     let observed = Arc::new(Mutex::new(BTreeSet::<(usize, usize)>::new()));
-    let check: Arc<dyn Fn(&Answer) -> Result<(), String> + Send + Sync> = {
+    let check: Check = {
         let (expected, yaml_sha, observed, variant_sha) =
             (expected.clone(), yaml_sha.clone(), observed.clone(), variant_sha.clone());
         Arc::new(move |a: &Answer| {
