@@ -44,7 +44,11 @@ impl Default for EchoConfig {
     }
 }
 
-/// The `echo` backend. Each request runs on its own short-lived thread.
+/// The largest answer queued at once rather than sent from a thread.
+const QUEUE_AT_ONCE_BYTES: usize = 64 << 10;
+
+/// The `echo` backend. A small answer without a delay is queued at once; otherwise each
+/// request runs on its own short-lived thread.
 pub struct EchoBackend {
     config: EchoConfig,
     cancelled: Arc<AtomicUsize>,
@@ -110,6 +114,25 @@ impl Backend for EchoBackend {
         }
         let prompt_tokens = request.messages.iter().map(|m| m.content.chars().count()).sum();
         let delay = Duration::from_millis(self.config.delay_ms);
+        let report = move |completion_tokens, secs: f64| BackendReport {
+            prompt_tokens,
+            completion_tokens,
+            finish_reason: finish,
+            prefill_ms: 0.0,
+            decode_tokens_per_s: if secs > 0.0 { completion_tokens as f64 / secs } else { 0.0 },
+        };
+        if delay.is_zero() && text.len() <= QUEUE_AT_ONCE_BYTES {
+            // A small answer with no delay is queued at once, without a thread (a thread per
+            // request was ~100 µs of an HTTP benchmark's CPU). Larger ones keep the thread, so
+            // that a slow reader applies backpressure and can cancel mid-answer.
+            let (tx, rx) = mpsc::channel(chunks.len() + 1);
+            let completion_tokens = chunks.len();
+            for chunk in chunks {
+                let _ = tx.try_send(BackendEvent::Delta(chunk));
+            }
+            let _ = tx.try_send(BackendEvent::Done(report(completion_tokens, 0.0)));
+            return Ok(rx);
+        }
         let cancelled = self.cancelled.clone();
         let (tx, rx) = mpsc::channel(EVENT_BUFFER);
         std::thread::Builder::new()
@@ -126,14 +149,7 @@ impl Backend for EchoBackend {
                         return;
                     }
                 }
-                let secs = started.elapsed().as_secs_f64();
-                let report = BackendReport {
-                    prompt_tokens,
-                    completion_tokens,
-                    finish_reason: finish,
-                    prefill_ms: 0.0,
-                    decode_tokens_per_s: if secs > 0.0 { completion_tokens as f64 / secs } else { 0.0 },
-                };
+                let report = report(completion_tokens, started.elapsed().as_secs_f64());
                 if tx.blocking_send(BackendEvent::Done(report)).is_err() {
                     cancelled.fetch_add(1, Ordering::SeqCst);
                 }
