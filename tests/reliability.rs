@@ -1160,6 +1160,41 @@ async fn security_defaults_api_key_everywhere_but_health_and_never_logged() {
     assert!(!output.contains(&API_KEY[3..15]), "part of the API key appears in the output");
 }
 
+/// The slow-client timeouts are the binary's flags: with `--header-timeout-secs 1`, a client
+/// that sends half a request head is disconnected after about a second, and with
+/// `--body-timeout-secs 1` a body that stops arriving gets 408.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_client_timeouts_are_cli_flags() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _shared = MEMORY.read().await;
+    let binary = tokio::task::spawn_blocking(|| {
+        Binary::start(&[], &["--header-timeout-secs", "1", "--body-timeout-secs", "1", "--no-watch"], "info")
+    })
+    .await
+    .unwrap();
+    let started = Instant::now();
+    let mut head = tokio::net::TcpStream::connect(binary.addr).await.unwrap();
+    head.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), head.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "a half-sent head held its connection for 10 s");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
+        "closed after {waited:?}"
+    );
+
+    let mut body = tokio::net::TcpStream::connect(binary.addr).await.unwrap();
+    body.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), body.read_to_end(&mut answer)).await.unwrap().unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request_timeout"), "{answer}");
+}
+
 /// The default bind address, as the CLI parses it, is loopback.
 #[test]
 fn default_bind_is_loopback() {

@@ -83,6 +83,15 @@ pub struct ServeArgs {
     /// A streaming client that reads nothing for this many seconds has its generation cancelled.
     #[arg(long, env = "PIPEHOST_STALL_SECS", value_name = "S", default_value_t = 30)]
     pub stall_secs: u64,
+    /// Seconds a client may take to send a request head (request line and headers); also how
+    /// long an idle keep-alive connection stays open. Guards against slowloris.
+    #[arg(long, env = "PIPEHOST_HEADER_TIMEOUT_SECS", value_name = "S", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_timeout_secs: u64,
+    /// Seconds a client may take to send a request body; slower gets 408.
+    #[arg(long, env = "PIPEHOST_BODY_TIMEOUT_SECS", value_name = "S", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub body_timeout_secs: u64,
     /// Do not watch the pipelines and plugins folders for changes.
     #[arg(long, env = "PIPEHOST_NO_WATCH")]
     pub no_watch: bool,
@@ -140,7 +149,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
         retry_after_secs: 1,
         drain: Duration::from_secs(args.drain_secs),
         stall_timeout: Duration::from_secs(args.stall_secs.max(1)),
-        ..ServerConfig::default()
+        header_read_timeout: Duration::from_secs(args.header_timeout_secs),
+        body_read_timeout: Duration::from_secs(args.body_timeout_secs),
     };
     print_banner(addr, &registry, backend.name(), &pipelines_dir, &plugins_dir, config.api_key.is_some());
     let state = AppState::new(registry, executor, backend, config);
