@@ -7,12 +7,14 @@
 //! WASM and native batches alternate within one run, so machine noise hits both alike; the
 //! ratio is the number to compare across machines. Prints a Markdown table.
 
+mod common;
 #[path = "../../tests/support/mod.rs"]
 mod support;
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
+use common::{PARAGRAPH, percentile, us};
 use pipehost::plugin::{CallContext, Limits, PostProcessor};
 use pipehost_plugin_sdk::{Context, PostProcessor as Logic};
 
@@ -105,30 +107,16 @@ fn measure(mut a: impl FnMut() -> String, mut b: impl FnMut() -> String) -> (Vec
 }
 
 fn median(samples: &[Duration]) -> Duration {
-    percentile(samples, 0.5)
+    percentile(&mut samples.to_vec(), 0.5)
 }
 
 fn p99(samples: &[Duration]) -> Duration {
-    percentile(samples, 0.99)
-}
-
-fn percentile(samples: &[Duration], q: f64) -> Duration {
-    let mut sorted = samples.to_vec();
-    sorted.sort();
-    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
-}
-
-fn us(d: Duration) -> String {
-    format!("{:.1} µs", d.as_secs_f64() * 1e6)
+    percentile(&mut samples.to_vec(), 0.99)
 }
 
 /// Model-like output, Chinese and English, with the repetitions and stock phrases the plugins
 /// exist for, cut to `bytes` at a character boundary.
 fn sample_text(bytes: usize) -> String {
-    const PARAGRAPH: &str = "这是一个很好的问题。秋天的夜晚,风很轻,月光落在窗台上。今天天气很好。今天天气很好。\
-        你可以考虑出去走走,感受一下空气里桂花的味道!!! 我们在LeanCloud上部署了10个服务... \
-        The night was quiet. The night was quiet. I hope this helps! As an AI language model, I think the \
-        the answer is simple: walk slowly , breathe deeply ,and listen.\n";
     let mut text = String::with_capacity(bytes + PARAGRAPH.len());
     while text.len() < bytes {
         text.push_str(PARAGRAPH);

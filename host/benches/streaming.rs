@@ -16,6 +16,7 @@
 //!    `bare` (none) request by request, and full − bare is what the chain adds. Deltas held back
 //!    are counted apart, not timed: their wait is the holdback the plugin asked for.
 
+mod common;
 #[path = "../../tests/support/mod.rs"]
 mod support;
 
@@ -24,6 +25,7 @@ use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::{PARAGRAPH, percentile, us};
 use pipehost::backend::{Backend, BackendError, BackendEvent, BackendReport, BackendRequest, FinishReason};
 use pipehost::pipeline::{Executor, Pipeline, Registry, RunEvent, RunRequest};
 use pipehost::plugin::CallContext;
@@ -36,11 +38,6 @@ const CHUNK_CHARS: usize = 4;
 /// pipelines alike, as they do behind a real model. Text not received within the period
 /// counts as held back.
 const PERIOD: Duration = Duration::from_millis(2);
-
-const PARAGRAPH: &str = "这是一个很好的问题。秋天的夜晚,风很轻,月光落在窗台上。今天天气很好。今天天气很好。\
-    你可以考虑出去走走,感受一下空气里桂花的味道!!! 我们在LeanCloud上部署了10个服务... \
-    The night was quiet. The night was quiet. I hope this helps! As an AI language model, I think the \
-    the answer is simple: walk slowly , breathe deeply ,and listen.\n";
 
 fn deltas() -> Vec<String> {
     let chars: Vec<char> = PARAGRAPH.chars().cycle().take(256).collect();
@@ -127,7 +124,7 @@ fn chain(p: &Pipeline) {
 
 fn row(what: &str, samples: &mut [Duration]) {
     let n = samples.len();
-    println!("| {what} | {n} | {} | {} |", us(pct(samples, 0.5)), us(pct(samples, 0.99)));
+    println!("| {what} | {n} | {} | {} |", us(percentile(samples, 0.5)), us(percentile(samples, 0.99)));
 }
 
 /// Per request: the latencies of the deltas whose text came through, and how many were held.
@@ -223,7 +220,7 @@ fn lockstep(bare: Arc<Pipeline>, full: Arc<Pipeline>) {
         }
     }
     let [(mut b, b_held), (mut f, f_held)] = samples;
-    let (b50, f50) = (pct(&mut b, 0.5), pct(&mut f, 0.5));
+    let (b50, f50) = (percentile(&mut b, 0.5), percentile(&mut f, 0.5));
     println!();
     println!(
         "Executor, lockstep: {LOCKSTEP_REQUESTS} requests per pipeline, alternating, one delta every {} ms",
@@ -236,23 +233,14 @@ fn lockstep(bare: Arc<Pipeline>, full: Arc<Pipeline>) {
         "| bare (no post-processors) | {} | {b_held} | {} | {} |",
         b.len(),
         us(b50),
-        us(pct(&mut b, 0.99))
+        us(percentile(&mut b, 0.99))
     );
     println!(
         "| full (4 post-processors) | {} | {f_held} | {} | {} |",
         f.len(),
         us(f50),
-        us(pct(&mut f, 0.99))
+        us(percentile(&mut f, 0.99))
     );
     println!();
     println!("added by the chain, median per delta: {}", us(f50.saturating_sub(b50)));
-}
-
-fn pct(samples: &mut [Duration], q: f64) -> Duration {
-    samples.sort_unstable();
-    samples[((samples.len() - 1) as f64 * q).round() as usize]
-}
-
-fn us(d: Duration) -> String {
-    format!("{:.1} µs", d.as_secs_f64() * 1e6)
 }

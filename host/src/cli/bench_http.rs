@@ -75,10 +75,7 @@ pub struct BenchHttpArgs {
 
 /// The echo backend's answer: model-like Chinese and English with the repetitions and stock
 /// phrases the post-processors exist for; [`sample_text`] cuts it to 256 characters.
-const PARAGRAPH: &str = "这是一个很好的问题。秋天的夜晚,风很轻,月光落在窗台上。今天天气很好。今天天气很好。\
-    你可以考虑出去走走,感受一下空气里桂花的味道!!! 我们在LeanCloud上部署了10个服务... \
-    The night was quiet. The night was quiet. I hope this helps! As an AI language model, I think the \
-    the answer is simple: walk slowly , breathe deeply ,and listen.\n";
+const PARAGRAPH: &str = include_str!("bench_sample.txt");
 
 /// `chars` characters of [`PARAGRAPH`], repeated as needed.
 pub(crate) fn sample_text(chars: usize) -> String {
