@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use pipehost::backend::EchoConfig;
 use pipehost::server::ServerConfig;
 use serde_json::{Value, json};
-use support::server::{Options, TestServer, chat, expect_error, metric_value, sse_data, start};
+use support::server::{Options, TestServer, chat, expect_error, metric_value, sse_data, sse_text, start};
 
 /// A pipeline with no post-processors: the echo backend's answer is the rendered user prompt.
 const PLAIN: &str = "variables:\n  - { name: input, required: true }\n  - { name: extra }\nprompt:\n  plugin: persona\n  config:\n    template: \"{{ input }}{% if extra %}|{{ extra }}{% endif %}\"\n";
@@ -360,12 +360,7 @@ async fn run_case(server: &TestServer, case: &Case, stream: bool) {
         }
         (Ok(text), true) => {
             let body = response.text().await.unwrap();
-            let got: String = sse_data(&body)
-                .iter()
-                .filter_map(|d| serde_json::from_str::<Value>(d).ok())
-                .filter_map(|c| c["choices"][0]["delta"]["content"].as_str().map(String::from))
-                .collect();
-            assert_eq!(got, *text, "{name}: {body}");
+            assert_eq!(sse_text(&body), *text, "{name}: {body}");
         }
         (Err((status, code, words)), false) => {
             assert_eq!(response.status().as_u16(), *status, "{name}");
@@ -1064,12 +1059,7 @@ async fn sigterm_drains_streams_and_refuses_new_connections() {
         }
         assert_eq!(sse_data(&text).last().map(String::as_str), Some("[DONE]"), "{text}");
         assert!(!text.contains("\"error\""), "{text}");
-        let content: String = sse_data(&text)
-            .iter()
-            .filter_map(|d| serde_json::from_str::<Value>(d).ok())
-            .filter_map(|c| c["choices"][0]["delta"]["content"].as_str().map(String::from))
-            .collect();
-        assert_eq!(content, input, "the stream lost text");
+        assert_eq!(sse_text(&text), input, "the stream lost text");
     }
     let status =
         tokio::task::spawn_blocking(move || (binary.wait(Duration::from_secs(20)), binary)).await.unwrap();

@@ -18,7 +18,9 @@ use futures_util::StreamExt;
 use pipehost::backend::{Backend, EchoBackend, EchoConfig, OpenAiBackend, OpenAiConfig};
 use pipehost::server::ServerConfig;
 use serde_json::{Value, json};
-use support::server::{Options, POEM, TestServer, chat, expect_error, metric_value, sse_data, start};
+use support::server::{
+    Options, POEM, TestServer, chat, expect_error, metric_value, sse_data, sse_text, start,
+};
 
 /// Repeats a sentence (dedupe drops it) and has ASCII punctuation in Chinese (punctuation fixes it).
 const INPUT: &str = "今天天气很好。今天天气很好。我们去公园吧,好吗?";
@@ -443,16 +445,7 @@ prompt:
     assert_eq!(v["choices"][0]["message"]["content"], EXPECTED, "{v}");
     body["stream"] = json!(true);
     let text = server.post_json("/v1/chat/completions", &body).await.text().await.unwrap();
-    let chunks: String = sse_data(&text)
-        .iter()
-        .filter(|d| *d != "[DONE]")
-        .filter_map(|d| {
-            serde_json::from_str::<Value>(d).ok()?["choices"][0]["delta"]["content"]
-                .as_str()
-                .map(String::from)
-        })
-        .collect();
-    assert_eq!(chunks, EXPECTED);
+    assert_eq!(sse_text(&text), EXPECTED);
     server.stop().await.unwrap();
     upstream.stop().await.unwrap();
 }
@@ -486,16 +479,7 @@ async fn tiny_reference_model_over_http() {
     let whole = v["choices"][0]["message"]["content"].as_str().unwrap().to_string();
     body["stream"] = json!(true);
     let text = server.post_json("/v1/chat/completions", &body).await.text().await.unwrap();
-    let streamed: String = sse_data(&text)
-        .iter()
-        .filter(|d| *d != "[DONE]")
-        .filter_map(|d| {
-            serde_json::from_str::<Value>(d).ok()?["choices"][0]["delta"]["content"]
-                .as_str()
-                .map(String::from)
-        })
-        .collect();
-    assert_eq!(streamed, whole, "greedy streaming equals whole text through the post-processors");
+    assert_eq!(sse_text(&text), whole, "greedy streaming equals whole text through the post-processors");
     server.stop().await.unwrap();
 }
 

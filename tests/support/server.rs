@@ -148,6 +148,15 @@ pub fn sse_data(body: &str) -> Vec<String> {
         .collect()
 }
 
+/// The text of a streamed chat completion: its `delta.content`s, concatenated.
+pub fn sse_text(body: &str) -> String {
+    sse_data(body)
+        .iter()
+        .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str().map(String::from))
+        .collect()
+}
+
 pub fn metric_value(metrics: &str, prefix: &str) -> f64 {
     metrics
         .lines()
