@@ -47,6 +47,9 @@ pub struct RunRequest {
     pub params: GenerationParams,
     /// Put the model's raw text in the record.
     pub include_raw: bool,
+    /// Put the prompt builder's messages and each stage's output text in the record (the
+    /// playground's stage view, the request log). Costs a copy of the text per stage.
+    pub trace: bool,
 }
 
 /// What a streaming run sends. `Done` or `Error` is the last event.
@@ -76,6 +79,9 @@ pub struct StageReport {
     pub ms: f64,
     /// Set when the stage failed with `on_error: skip` and was bypassed.
     pub skipped_error: Option<String>,
+    /// The text this stage passed on (with [`RunRequest::trace`]; not for the prompt stage).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
 }
 
 /// Wall-clock timings of a run, in milliseconds.
@@ -101,6 +107,9 @@ pub struct RunRecord {
     pub text: String,
     /// The model's text before post-processing (when requested).
     pub raw_text: Option<String>,
+    /// The prompt builder's messages (with [`RunRequest::trace`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub messages: Option<Vec<ChatMessage>>,
     /// `length`, `stop`, `eos`, `cancelled` or `plugin_stop`.
     pub finish_reason: String,
     /// With `plugin_stop`, generation was cancelled before the backend reported its counts:
@@ -244,6 +253,8 @@ struct Started {
     prompt_report: StageReport,
     prompt_ms: f64,
     generation_start: Instant,
+    /// The prompt builder's messages, kept with [`RunRequest::trace`].
+    messages: Option<Vec<ChatMessage>>,
 }
 
 impl Executor {
@@ -309,13 +320,15 @@ impl Executor {
             sha256: pipeline.prompt.sha256().to_owned(),
             ms: builder_ms,
             skipped_error: None,
+            output: None,
         };
         let prompt_ms = ms(started);
         let generation_start = Instant::now();
+        let traced = request.trace.then(|| messages.clone());
         let events = backend
             .generate(BackendRequest { request_id: request.request_id.clone(), messages, params })
             .map_err(backend_error)?;
-        Ok(Started { backend, events, prompt_report, prompt_ms, generation_start })
+        Ok(Started { backend, events, prompt_report, prompt_ms, generation_start, messages: traced })
     }
 
     /// Whole-text mode: prompt builder → backend (collected) → every stage's `process`.
@@ -347,9 +360,11 @@ impl Executor {
         let p = pipeline.clone();
         let request_id = request.request_id.clone();
         let input = raw.clone();
-        let (text, stage_reports) = tokio::task::spawn_blocking(move || process_all(&p, &request_id, input))
-            .await
-            .map_err(|e| PipelineError::Internal(format!("post-processing thread: {e}")))??;
+        let trace = request.trace;
+        let (text, stage_reports) =
+            tokio::task::spawn_blocking(move || process_all(&p, &request_id, input, trace))
+                .await
+                .map_err(|e| PipelineError::Internal(format!("post-processing thread: {e}")))??;
         let mut stages = vec![s.prompt_report];
         stages.extend(stage_reports);
         Ok(RunRecord {
@@ -358,6 +373,7 @@ impl Executor {
             backend: s.backend.name().to_owned(),
             text,
             raw_text: request.include_raw.then_some(raw),
+            messages: s.messages,
             finish_reason: report.finish_reason.as_str().to_owned(),
             usage: usage(&report),
             stages,
@@ -398,7 +414,13 @@ fn usage(r: &BackendReport) -> Usage {
     }
 }
 
-fn stage_report(p: &Pipeline, i: usize, ms: f64, skipped_error: Option<String>) -> StageReport {
+fn stage_report(
+    p: &Pipeline,
+    i: usize,
+    ms: f64,
+    skipped_error: Option<String>,
+    output: Option<String>,
+) -> StageReport {
     let s = &p.stages[i];
     StageReport {
         stage: s.name.clone(),
@@ -406,6 +428,7 @@ fn stage_report(p: &Pipeline, i: usize, ms: f64, skipped_error: Option<String>) 
         sha256: s.sha256().to_owned(),
         ms,
         skipped_error,
+        output,
     }
 }
 
@@ -418,6 +441,7 @@ fn process_all(
     p: &Pipeline,
     request_id: &str,
     mut text: String,
+    trace: bool,
 ) -> Result<(String, Vec<StageReport>), PipelineError> {
     let mut reports = Vec::new();
     for (i, stage) in p.stages.iter().enumerate() {
@@ -433,7 +457,7 @@ fn process_all(
             }
             Err(error) => return Err(PipelineError::Stage { stage: stage.name.clone(), error }),
         }
-        reports.push(stage_report(p, i, ms(t), skipped));
+        reports.push(stage_report(p, i, ms(t), skipped, trace.then(|| text.clone())));
     }
     Ok((text, reports))
 }
@@ -448,6 +472,8 @@ struct StreamStage {
     all_input: String,
     all_output: String,
     ms: f64,
+    /// Everything the stage passed on, with [`RunRequest::trace`].
+    traced: Option<String>,
 }
 
 impl StreamStage {
@@ -474,7 +500,7 @@ struct Chain<'a> {
 }
 
 impl Chain<'_> {
-    fn open(p: &Pipeline, request_id: &str) -> Result<Vec<StreamStage>, PipelineError> {
+    fn open(p: &Pipeline, request_id: &str, trace: bool) -> Result<Vec<StreamStage>, PipelineError> {
         let mut out = Vec::new();
         for stage in &p.stages {
             let t = Instant::now();
@@ -492,6 +518,7 @@ impl Chain<'_> {
                 all_input: String::new(),
                 all_output: String::new(),
                 ms: ms(t),
+                traced: trace.then(String::new),
             });
         }
         Ok(out)
@@ -505,7 +532,13 @@ impl Chain<'_> {
                 break;
             }
             let st = &mut self.stages[i];
-            let Some(stream) = st.stream.as_mut() else { continue };
+            let Some(stream) = st.stream.as_mut() else {
+                // Bypassed (`on_error: skip`): its input is what it passes on.
+                if let Some(t) = st.traced.as_mut() {
+                    t.push_str(&text);
+                }
+                continue;
+            };
             let skip = self.p.stages[i].on_error == OnError::Skip;
             if skip {
                 st.pending_input.push_str(&text);
@@ -539,6 +572,9 @@ impl Chain<'_> {
                     return Err(PipelineError::Stage { stage: self.p.stages[i].name.clone(), error });
                 }
             }
+            if let Some(t) = self.stages[i].traced.as_mut() {
+                t.push_str(&text);
+            }
         }
         Ok((text, stop))
     }
@@ -559,16 +595,20 @@ impl Chain<'_> {
                 let t = Instant::now();
                 let result = stream.finish();
                 st.ms += ms(t);
-                match result {
-                    Ok(rest) => out.push_str(&rest),
+                let rest = match result {
+                    Ok(rest) => rest,
                     Err(error) if skip => {
                         st.skipped = Some(error.to_string());
-                        out.push_str(&st.passthrough_after_failure());
+                        st.passthrough_after_failure()
                     }
                     Err(error) => {
                         return Err(PipelineError::Stage { stage: self.p.stages[i].name.clone(), error });
                     }
+                };
+                if let Some(t) = st.traced.as_mut() {
+                    t.push_str(&rest);
                 }
+                out.push_str(&rest);
             }
             carry = out;
         }
@@ -578,6 +618,9 @@ impl Chain<'_> {
     /// Pushes into stage `i` only.
     fn push_one(&mut self, i: usize, text: String) -> Result<(String, bool), PipelineError> {
         if self.stages[i].stream.is_none() {
+            if let Some(t) = self.stages[i].traced.as_mut() {
+                t.push_str(&text);
+            }
             return Ok((text, false));
         }
         // Reuse `push` on a one-stage window.
@@ -593,7 +636,7 @@ impl Chain<'_> {
         self.stages
             .iter()
             .enumerate()
-            .map(|(i, s)| stage_report(self.p, i, s.ms, s.skipped.clone()))
+            .map(|(i, s)| stage_report(self.p, i, s.ms, s.skipped.clone(), s.traced.clone()))
             .collect()
     }
 }
@@ -613,9 +656,9 @@ fn stream_worker(
     run_start: Instant,
     tx: mpsc::Sender<RunEvent>,
 ) {
-    let Started { backend, mut events, prompt_report, prompt_ms, generation_start } = s;
+    let Started { backend, mut events, prompt_report, prompt_ms, generation_start, messages } = s;
     let p = &*pipeline;
-    let stages = match Chain::open(p, &request.request_id) {
+    let stages = match Chain::open(p, &request.request_id, request.trace) {
         Ok(s) => s,
         Err(e) => {
             let _ = send(&tx, RunEvent::Error(e));
@@ -704,6 +747,7 @@ fn stream_worker(
         backend: backend.name().to_owned(),
         text,
         raw_text: request.include_raw.then_some(raw),
+        messages,
         finish_reason,
         usage,
         stages,

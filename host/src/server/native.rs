@@ -72,6 +72,7 @@ pub async fn run(
         history: body.history.into_iter().map(|m| ChatMessage { role: m.role, content: m.content }).collect(),
         params: body.params,
         include_raw: body.include_raw,
+        trace: false,
     };
     let permit = state.admit()?;
     if !body.stream {

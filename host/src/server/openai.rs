@@ -231,6 +231,7 @@ pub(super) fn run_request(req: &ChatRequest, input_variable: &str, id: &str) -> 
         history,
         params: params(req)?,
         include_raw: options.is_some_and(|o| o.include_raw),
+        trace: false,
     })
 }
 
