@@ -7,11 +7,13 @@
 //! - [`backend`]: model backends behind one trait (`echo`, `candle`, `openai`).
 //! - [`pipeline`]: pipeline files, their registry with hot reload, and the executor.
 //! - [`server`]: the HTTP server (OpenAI-compatible and native endpoints, SSE, metrics).
+//! - [`playground`]: the playground page's files, embedded; the server serves them at `/`.
 //! - [`cli`]: the command line.
 
 pub mod backend;
 pub mod cli;
 pub mod model;
 pub mod pipeline;
+pub mod playground;
 pub mod plugin;
 pub mod server;
