@@ -213,6 +213,7 @@ fn shipped_examples_load() {
     assert_eq!(names, ["companion", "poem", "qa", "story"]);
     let poem = registry.get("poem").unwrap();
     assert_eq!((poem.params.temperature, poem.params.top_p), (Some(0.8), Some(0.9)));
+    assert!(poem.stages.iter().any(|s| s.plugin == "truncate"), "poem keeps at most six lines");
     let story = registry.get("story").unwrap();
     assert_eq!(story.params.top_k, Some(50));
     assert_eq!(story.params.repetition_penalty, Some(1.15));
