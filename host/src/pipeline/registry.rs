@@ -3,6 +3,13 @@
 //! Each pipeline file maps to at most one served [`Pipeline`] (an `Arc`, swapped atomically)
 //! and its last load error. A broken file never replaces a working version; deleting a file
 //! removes its pipeline. Reloads run on the watcher's own thread, never on the request path.
+//!
+//! One edit, one reload: the watcher ignores access events (it sees every open, its own reads
+//! included: each reload used to trigger the next), and a file is not loaded again while its
+//! content (by sha256) and everything it was loaded against (plugins, the other files' names)
+//! stay the same, so the several events of one `sed -i` or a later `touch` neither reload it
+//! nor count again. A retry that fails the same way (after a plugin changed) is neither logged
+//! nor counted again either.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -12,6 +19,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 
 use super::load::{BackendNames, LoadError, Pipeline, PluginCache, Variable, load_file};
 use super::spec::OnError;
@@ -44,7 +52,7 @@ pub fn default_pipelines_dir() -> PathBuf {
 pub struct ReloadStats {
     /// Files (re)loaded successfully by the watcher.
     pub reloads: u64,
-    /// Files whose reload failed (the old version kept serving).
+    /// Failed reloads (the old version kept serving), once per failing content of a file.
     pub reload_failures: u64,
 }
 
@@ -81,6 +89,18 @@ struct FileEntry {
     serving: Option<String>,
     /// Problems of the last load (empty when it succeeded).
     errors: Vec<LoadError>,
+    /// The last load: enough to tell whether loading again could differ.
+    last: Option<Attempt>,
+}
+
+/// A load of a file: what it was loaded from and how it failed.
+struct Attempt {
+    /// sha256 of the file's bytes (None when it could not be read).
+    sha256: Option<[u8; 32]>,
+    /// [`Inner::generation`] after it.
+    generation: u64,
+    /// Its errors, as reported (empty when it loaded).
+    messages: Vec<String>,
 }
 
 #[derive(Default)]
@@ -99,6 +119,9 @@ struct Inner {
     reloading: Mutex<()>,
     reloads: AtomicU64,
     failures: AtomicU64,
+    /// Bumped whenever what a file is loaded against changes: a plugin file, or the set of
+    /// pipeline names other files serve (a name clash may be gone).
+    generation: AtomicU64,
 }
 
 /// The loaded pipelines. Cheap to clone.
@@ -135,6 +158,7 @@ impl Registry {
                 reloading: Mutex::default(),
                 reloads: AtomicU64::new(0),
                 failures: AtomicU64::new(0),
+                generation: AtomicU64::new(0),
             }),
         };
         let mut names: Vec<String> = match std::fs::read_dir(pipelines_dir) {
@@ -195,7 +219,9 @@ impl Registry {
     }
 
     /// Reloads one file of the pipelines folder by file name (`poem.yaml`): a missing file
-    /// removes its pipeline; a broken one keeps the old version and records the error.
+    /// removes its pipeline; a broken one keeps the old version and records the error. A file
+    /// that has not changed since its last load (nor has anything it was loaded against) is
+    /// left as it is.
     pub fn reload_file(&self, file_name: &str, count: bool) {
         let _guard = self.inner.reloading.lock().unwrap();
         let path = self.inner.dir.join(file_name);
@@ -204,6 +230,7 @@ impl Registry {
             if let Some(entry) = state.files.remove(file_name) {
                 if let Some(name) = entry.serving {
                     state.pipelines.remove(&name);
+                    self.inner.generation.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(pipeline = name, "pipeline removed ({file_name} deleted)");
                 }
                 if count {
@@ -212,8 +239,15 @@ impl Registry {
             }
             return;
         }
+        let sha256: Option<[u8; 32]> = std::fs::read(&path).ok().map(|bytes| Sha256::digest(bytes).into());
+        let generation = self.inner.generation.load(Ordering::Relaxed);
         let taken: HashMap<String, PathBuf> = {
             let state = self.inner.state.read().unwrap();
+            let last = state.files.get(file_name).and_then(|e| e.last.as_ref());
+            if sha256.is_some() && last.is_some_and(|a| a.sha256 == sha256 && a.generation == generation) {
+                tracing::debug!("{file_name} is unchanged since its last load; not reloaded");
+                return;
+            }
             state
                 .files
                 .iter()
@@ -228,6 +262,12 @@ impl Registry {
             Ok(pipeline) => {
                 let old = entry.serving.replace(pipeline.name.clone());
                 entry.errors.clear();
+                let generation = if old.as_ref() != Some(&pipeline.name) {
+                    self.inner.generation.fetch_add(1, Ordering::Relaxed) + 1
+                } else {
+                    generation
+                };
+                entry.last = Some(Attempt { sha256, generation, messages: Vec::new() });
                 if let Some(old) = old.filter(|o| *o != pipeline.name) {
                     state.pipelines.remove(&old);
                 }
@@ -238,15 +278,21 @@ impl Registry {
                 }
             }
             Err(errors) => {
-                for error in &errors {
-                    if count {
-                        tracing::warn!("reload failed, the previous version keeps serving: {error}");
+                let messages: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+                // The same content failing the same way was reported already (a retry after a
+                // plugin changed that did not help).
+                let reported =
+                    entry.last.as_ref().is_some_and(|a| a.sha256 == sha256 && a.messages == messages);
+                for message in &messages {
+                    if count && !reported {
+                        tracing::warn!("reload failed, the previous version keeps serving: {message}");
                     } else {
-                        tracing::debug!("{error}");
+                        tracing::debug!("{message}");
                     }
                 }
                 entry.errors = errors;
-                if count {
+                entry.last = Some(Attempt { sha256, generation, messages });
+                if count && !reported {
                     self.inner.failures.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -256,6 +302,7 @@ impl Registry {
     /// A plugin file changed: reloads every pipeline that uses it and every file in error.
     pub fn plugin_changed(&self, plugin: &str) {
         self.inner.plugins.evict_stale(plugin);
+        self.inner.generation.fetch_add(1, Ordering::Relaxed);
         let files: Vec<String> = {
             let state = self.inner.state.read().unwrap();
             state
@@ -294,6 +341,8 @@ impl Registry {
             while let Ok(first) = rx.recv() {
                 let mut paths: Vec<PathBuf> = Vec::new();
                 let mut add = |ev: notify::Result<notify::Event>| match ev {
+                    // Opening a file is no change (and every reload opens the file).
+                    Ok(ev) if ev.kind.is_access() => {}
                     Ok(ev) => paths.extend(ev.paths),
                     Err(e) => tracing::warn!("file watcher: {e}"),
                 };
