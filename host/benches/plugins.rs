@@ -3,6 +3,7 @@
 //! natively, plus the host's fixed cost per call (an empty plugin).
 //!
 //!   scripts/build-plugins.sh && cargo bench -p pipehost --bench plugins
+//!   cargo bench -p pipehost --bench plugins -- punctuation    # only these rows (`empty`, plugin names)
 //!
 //! WASM and native batches alternate within one run, so machine noise hits both alike; the
 //! ratio is the number to compare across machines. Prints a Markdown table.
@@ -23,6 +24,9 @@ const ROUND: Duration = Duration::from_millis(150);
 const ROUNDS: usize = 10;
 
 fn main() {
+    // cargo passes `--bench`; any other argument names the rows to run.
+    let only: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let wanted = |name: &str| only.is_empty() || only.iter().any(|o| o == name);
     let runtime = support::runtime();
     let ctx = CallContext { pipeline: "bench".into(), request_id: "bench".into(), stage: "bench".into() };
     let limits = Limits { time_ms: 10_000, ..Limits::default() };
@@ -30,34 +34,24 @@ fn main() {
     println!("| plugin | input | wasm median | wasm p99 | native median | native p99 | wasm/native |");
     println!("|---|---|---|---|---|---|---|");
 
-    let empty = runtime.load_post_processor("empty", &support::component("guest-empty")).unwrap();
-    let (wasm, _) = measure(|| empty.process("x", &ctx, "{}", &limits).unwrap(), || String::from("x"));
-    println!("| empty (fixed cost) | 1 B | {} | {} | – | – | – |", us(median(&wasm)), us(p99(&wasm)));
-
-    bench::<dedupe::Dedupe>(
-        runtime.load_post_processor("dedupe", &support::component("dedupe")).unwrap(),
-        "{}",
-        &ctx,
-        &limits,
-    );
-    bench::<punctuation::Punctuation>(
-        runtime.load_post_processor("punctuation", &support::component("punctuation")).unwrap(),
-        "{}",
-        &ctx,
-        &limits,
-    );
-    bench::<tone::Tone>(
-        runtime.load_post_processor("tone", &support::component("tone")).unwrap(),
-        r#"{"presets":["zh-warm","en-warm"]}"#,
-        &ctx,
-        &limits,
-    );
-    bench::<truncate::Truncate>(
-        runtime.load_post_processor("truncate", &support::component("truncate")).unwrap(),
-        r#"{"max":200}"#,
-        &ctx,
-        &limits,
-    );
+    if wanted("empty") {
+        let empty = runtime.load_post_processor("empty", &support::component("guest-empty")).unwrap();
+        let (wasm, _) = measure(|| empty.process("x", &ctx, "{}", &limits).unwrap(), || String::from("x"));
+        println!("| empty (fixed cost) | 1 B | {} | {} | – | – | – |", us(median(&wasm)), us(p99(&wasm)));
+    }
+    let load = |name: &str| runtime.load_post_processor(name, &support::component(name)).unwrap();
+    if wanted("dedupe") {
+        bench::<dedupe::Dedupe>(load("dedupe"), "{}", &ctx, &limits);
+    }
+    if wanted("punctuation") {
+        bench::<punctuation::Punctuation>(load("punctuation"), "{}", &ctx, &limits);
+    }
+    if wanted("tone") {
+        bench::<tone::Tone>(load("tone"), r#"{"presets":["zh-warm","en-warm"]}"#, &ctx, &limits);
+    }
+    if wanted("truncate") {
+        bench::<truncate::Truncate>(load("truncate"), r#"{"max":200}"#, &ctx, &limits);
+    }
 }
 
 fn bench<P: Logic>(plugin: PostProcessor, config: &str, ctx: &CallContext, limits: &Limits) {
