@@ -6,11 +6,13 @@
 //! - [`model`]: the Qwen3 model engine; the only module that touches candle and tokenizers.
 //! - [`backend`]: model backends behind one trait (`echo`, `candle`, `openai`).
 //! - [`pipeline`]: pipeline files, their registry with hot reload, and the executor.
+//! - [`experiment`]: A/B experiments between pipelines: files, sticky assignment, results.
 //! - [`server`]: the HTTP server (OpenAI-compatible and native endpoints, SSE, metrics).
 //! - [`cli`]: the command line.
 
 pub mod backend;
 pub mod cli;
+pub mod experiment;
 pub mod model;
 pub mod pipeline;
 pub mod plugin;

@@ -92,6 +92,10 @@ pub struct ServeArgs {
     #[arg(long, env = "PIPEHOST_BODY_TIMEOUT_SECS", value_name = "S", default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub body_timeout_secs: u64,
+    /// The experiments folder (`*.yaml`: A/B tests between pipelines), watched for changes
+    /// [default: `experiments` beside the pipelines folder].
+    #[arg(long, env = "PIPEHOST_EXPERIMENTS_DIR", value_name = "DIR")]
+    pub experiments: Option<PathBuf>,
     /// Do not watch the pipelines and plugins folders for changes.
     #[arg(long, env = "PIPEHOST_NO_WATCH")]
     pub no_watch: bool,
@@ -141,6 +145,13 @@ async fn serve(args: ServeArgs) -> Result<()> {
     } else {
         Some(registry.watch().context("watching the pipelines and plugins folders")?)
     };
+    let experiments_dir = args
+        .experiments
+        .clone()
+        .unwrap_or_else(|| crate::experiment::default_experiments_dir(&pipelines_dir));
+    let experiments = crate::experiment::Experiments::load(&experiments_dir, registry.clone());
+    let _watch_experiments =
+        if args.no_watch { None } else { experiments.watch().context("watching the experiments folder")? };
 
     let config = ServerConfig {
         api_key: args.api_key.clone().filter(|k| !k.is_empty()),
@@ -153,7 +164,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
         body_read_timeout: Duration::from_secs(args.body_timeout_secs),
     };
     print_banner(addr, &registry, backend.name(), &pipelines_dir, &plugins_dir, config.api_key.is_some());
-    let state = AppState::new(registry, executor, backend, config);
+    print_experiments(&experiments);
+    let state = AppState::new(registry, executor, backend, config).with_experiments(experiments);
     server::serve(listener, state, server::shutdown_signal()).await.context("serving HTTP")?;
     eprintln!("pipehost: stopped");
     Ok(())
@@ -215,6 +227,18 @@ fn print_banner(
     }
     let auth = if api_key { " (API key required)" } else { "" };
     eprintln!("pipehost: listening on http://{addr}{auth}  (POST /v1/chat/completions, GET /v1/models)");
+}
+
+fn print_experiments(experiments: &crate::experiment::Experiments) {
+    for info in experiments.list() {
+        let e = &info.experiment;
+        let variants: Vec<String> =
+            e.variants.iter().map(|v| format!("{} ({}, weight {})", v.name, v.pipeline, v.weight)).collect();
+        eprintln!("  experiment {:<16} {}", e.name, variants.join(" | "));
+    }
+    for err in experiments.errors() {
+        eprintln!("  experiment load error: {err}");
+    }
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@
 //! Endpoints, error codes and metrics are documented in docs/server.md.
 
 mod error;
+mod experiments;
 mod extract;
 mod metrics;
 mod native;
@@ -37,6 +38,7 @@ pub use self::error::ApiError;
 use self::error::ErrorCode;
 pub use self::metrics::Metrics;
 use crate::backend::Backend;
+use crate::experiment::Experiments;
 use crate::pipeline::{Executor, PipelineError, Registry};
 
 /// Parses a `POST /v1/chat/completions` body and maps it to a pipeline request exactly as the
@@ -102,6 +104,8 @@ struct Inner {
     ids: AtomicU64,
     id_prefix: u64,
     phase: watch::Sender<Phase>,
+    // Issue 11: A/B experiments (none unless set with `with_experiments`).
+    experiments: Experiments,
 }
 
 /// Where the server is in its life: serving, draining after a shutdown signal, or cutting the
@@ -134,7 +138,19 @@ impl AppState {
             ids: AtomicU64::new(0),
             id_prefix,
             phase: watch::Sender::new(Phase::Serving),
+            experiments: Experiments::none(),
         }))
+    }
+
+    /// Serves `experiments` too. Call before the state is shared (cloned).
+    pub fn with_experiments(mut self, experiments: Experiments) -> Self {
+        Arc::get_mut(&mut self.0).expect("with_experiments before the state is shared").experiments =
+            experiments;
+        self
+    }
+
+    pub fn experiments(&self) -> &Experiments {
+        &self.0.experiments
     }
 
     pub fn registry(&self) -> &Registry {
@@ -212,6 +228,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/pipelines/{name}", get(get_pipeline))
         .route("/v1/pipelines/{name}/run", post(native::run))
         .route("/metrics", get(metrics_text))
+        // Issue 11: experiments, the request log and feedback.
+        .route("/v1/experiments", get(experiments::list))
+        .route("/v1/experiments/{name}", get(experiments::get))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_api_key));
     Router::new()
         .route("/healthz", get(healthz))
@@ -412,13 +431,17 @@ fn model_object(name: &str) -> serde_json::Value {
 }
 
 async fn list_models(State(state): State<AppState>) -> impl IntoResponse {
-    let data: Vec<_> = state.registry().list().iter().map(|info| model_object(&info.name)).collect();
+    let mut data: Vec<_> = state.registry().list().iter().map(|info| model_object(&info.name)).collect();
+    data.extend(state.experiments().list().iter().map(|e| model_object(&e.experiment.name)));
     axum::Json(json!({"object": "list", "data": data}))
 }
 
 async fn get_model(State(state): State<AppState>, Path(name): Path<String>) -> Result<Response, ApiError> {
     match state.registry().info(&name) {
         Some(info) => Ok(axum::Json(model_object(&info.name)).into_response()),
+        None if state.experiments().get(&name).is_some() => {
+            Ok(axum::Json(model_object(&name)).into_response())
+        }
         None => Err(ApiError::unknown_pipeline(&name)),
     }
 }

@@ -17,11 +17,13 @@ use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::experiments::{RunTags, resolve_model, user_of};
 use super::extract::ApiJson;
 use super::stream::{Outcome, run_streaming, run_whole};
 use super::{ApiError, AppState};
@@ -63,6 +65,9 @@ pub struct ChatRequest {
     repetition_penalty: Option<f64>,
     #[serde(default)]
     pipehost: Option<PipehostOptions>,
+    /// Who is asking: keeps them on one variant of an experiment (else `X-Pipehost-User`).
+    #[serde(default)]
+    user: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -247,12 +252,17 @@ fn openai_finish_reason(reason: &str) -> &'static str {
     }
 }
 
-/// The `pipehost` extension object: the run record without the text (already in the choice).
-fn extension(record: &RunRecord) -> Value {
+/// The `pipehost` extension object: the run record without the text (already in the choice),
+/// plus the experiment and variant that answered.
+fn extension(record: &RunRecord, tags: &RunTags) -> Value {
     let mut value = serde_json::to_value(record).unwrap_or(Value::Null);
     if let Value::Object(map) = &mut value {
         map.remove("text");
         map.remove("usage");
+        if let (Some(e), Some(v)) = (&tags.experiment, &tags.variant) {
+            map.insert("experiment".into(), e.clone().into());
+            map.insert("variant".into(), v.clone().into());
+        }
     }
     value
 }
@@ -271,12 +281,11 @@ fn usage(record: &RunRecord) -> Value {
 
 pub async fn chat_completions(
     State(state): State<AppState>,
+    headers: HeaderMap,
     ApiJson(req): ApiJson<ChatRequest>,
 ) -> Result<Response, ApiError> {
-    let Some(pipeline) = state.registry().get(&req.model) else {
-        return Err(ApiError::unknown_pipeline(&req.model));
-    };
     let id = state.request_id("chatcmpl");
+    let (pipeline, tags) = resolve_model(&state, &req.model, user_of(req.user.as_deref(), &headers), &id)?;
     let request = run_request(&req, &pipeline.input_variable, &id)?;
     let permit = state.admit()?;
     let created = unix_now();
@@ -296,7 +305,7 @@ pub async fn chat_completions(
                 "finish_reason": openai_finish_reason(&record.finish_reason),
             }],
             "usage": usage(&record),
-            "pipehost": extension(&record),
+            "pipehost": extension(&record, &tags),
         });
         return Ok(axum::Json(body).into_response());
     }
@@ -334,7 +343,7 @@ pub async fn chat_completions(
                 let mut last = chunk(
                     json!({}),
                     Some(openai_finish_reason(&record.finish_reason)),
-                    Some(("pipehost", extension(&record))),
+                    Some(("pipehost", extension(&record, &tags))),
                 );
                 last["system_fingerprint"] = Value::String(fingerprint(&record));
                 events.push(json_event(&last));
