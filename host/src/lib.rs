@@ -7,6 +7,8 @@
 //! - [`backend`]: model backends behind one trait (`echo`, `candle`, `openai`).
 //! - [`pipeline`]: pipeline files, their registry with hot reload, and the executor.
 //! - [`experiment`]: A/B experiments between pipelines: files, sticky assignment, results.
+//! - [`store`]: the request log and feedback (SQLite or PostgreSQL); the only module that touches a
+//!   database.
 //! - [`server`]: the HTTP server (OpenAI-compatible and native endpoints, SSE, metrics).
 //! - [`cli`]: the command line.
 
@@ -17,3 +19,4 @@ pub mod model;
 pub mod pipeline;
 pub mod plugin;
 pub mod server;
+pub mod store;

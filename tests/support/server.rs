@@ -49,6 +49,9 @@ pub struct Options {
     pub watch: bool,
     /// Files of the experiments folder (`experiments/` inside the pipelines folder).
     pub experiments: Vec<(&'static str, String)>,
+    /// The request log (none by default).
+    pub db: Option<pipehost::store::DbUrl>,
+    pub log_bodies: pipehost::server::LogBodies,
 }
 
 impl Default for Options {
@@ -61,6 +64,8 @@ impl Default for Options {
             plugins_dir: None,
             watch: false,
             experiments: Vec::new(),
+            db: None,
+            log_bodies: pipehost::server::LogBodies::Full,
         }
     }
 }
@@ -88,7 +93,16 @@ pub async fn start(options: Options) -> TestServer {
     }
     let experiments = pipehost::experiment::Experiments::load(&experiments_dir, registry.clone());
     let watch_experiments = if options.watch { experiments.watch().unwrap() } else { None };
-    let state = AppState::new(registry, executor, backend, options.config).with_experiments(experiments);
+    let mut state = AppState::new(registry, executor, backend, options.config).with_experiments(experiments);
+    if let Some(url) = options.db {
+        let store = tokio::task::spawn_blocking(move || {
+            pipehost::store::Store::open(&url, pipehost::store::StoreOptions::default())
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        state = state.with_store(store, options.log_bodies);
+    }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = oneshot::channel::<()>();

@@ -96,6 +96,18 @@ pub struct ServeArgs {
     /// [default: `experiments` beside the pipelines folder].
     #[arg(long, env = "PIPEHOST_EXPERIMENTS_DIR", value_name = "DIR")]
     pub experiments: Option<PathBuf>,
+    /// The request log and feedback store: sqlite:PATH, postgres://USER@HOST:PORT/DB (several
+    /// replicas sharing one store), or none [default: sqlite:pipehost.db beside the pipelines
+    /// folder].
+    #[arg(long, env = "PIPEHOST_DB", value_name = "URL")]
+    pub db: Option<String>,
+    /// What the request log keeps: full, or none (everything but texts).
+    #[arg(long, env = "PIPEHOST_LOG_BODIES", value_enum, default_value = "full")]
+    pub log_bodies: crate::server::LogBodies,
+    /// Delete logged completions (and their feedback) older than this many days [default: keep].
+    #[arg(long, env = "PIPEHOST_LOG_RETENTION_DAYS", value_name = "DAYS",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub log_retention_days: Option<u32>,
     /// Do not watch the pipelines and plugins folders for changes.
     #[arg(long, env = "PIPEHOST_NO_WATCH")]
     pub no_watch: bool,
@@ -165,7 +177,16 @@ async fn serve(args: ServeArgs) -> Result<()> {
     };
     print_banner(addr, &registry, backend.name(), &pipelines_dir, &plugins_dir, config.api_key.is_some());
     print_experiments(&experiments);
-    let state = AppState::new(registry, executor, backend, config).with_experiments(experiments);
+    let db = crate::store::DbUrl::parse(&args.db.clone().unwrap_or_else(|| default_db(&pipelines_dir)))?;
+    let mut state = AppState::new(registry, executor, backend, config).with_experiments(experiments);
+    if db != crate::store::DbUrl::None {
+        let options = crate::store::StoreOptions { retention_days: args.log_retention_days };
+        let store = tokio::task::spawn_blocking(move || crate::store::Store::open(&db, options))
+            .await?
+            .context("opening the request log (--db; `--db none` serves without one)")?;
+        eprintln!("pipehost: request log and feedback in {}", store.url().display());
+        state = state.with_store(store, args.log_bodies);
+    }
     server::serve(listener, state, server::shutdown_signal()).await.context("serving HTTP")?;
     eprintln!("pipehost: stopped");
     Ok(())
@@ -227,6 +248,13 @@ fn print_banner(
     }
     let auth = if api_key { " (API key required)" } else { "" };
     eprintln!("pipehost: listening on http://{addr}{auth}  (POST /v1/chat/completions, GET /v1/models)");
+}
+
+/// `sqlite:` + `pipehost.db` beside the pipelines folder.
+pub(crate) fn default_db(pipelines_dir: &std::path::Path) -> String {
+    let dir =
+        pipelines_dir.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    format!("sqlite:{}", dir.join("pipehost.db").display())
 }
 
 fn print_experiments(experiments: &crate::experiment::Experiments) {

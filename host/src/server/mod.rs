@@ -14,6 +14,8 @@
 mod error;
 mod experiments;
 mod extract;
+mod feedback;
+mod logging;
 mod metrics;
 mod native;
 mod openai;
@@ -36,10 +38,12 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 pub use self::error::ApiError;
 use self::error::ErrorCode;
+pub use self::logging::LogBodies;
 pub use self::metrics::Metrics;
 use crate::backend::Backend;
 use crate::experiment::Experiments;
 use crate::pipeline::{Executor, PipelineError, Registry};
+use crate::store::Store;
 
 /// Parses a `POST /v1/chat/completions` body and maps it to a pipeline request exactly as the
 /// handler does, without server state (the pipeline's `input_variable` is given). Pure; used by
@@ -104,8 +108,10 @@ struct Inner {
     ids: AtomicU64,
     id_prefix: u64,
     phase: watch::Sender<Phase>,
-    // Issue 11: A/B experiments (none unless set with `with_experiments`).
+    // Issue 11: A/B experiments and the request log (none unless set with `with_*`).
     experiments: Experiments,
+    store: Option<Store>,
+    log_bodies: LogBodies,
 }
 
 /// Where the server is in its life: serving, draining after a shutdown signal, or cutting the
@@ -139,6 +145,8 @@ impl AppState {
             id_prefix,
             phase: watch::Sender::new(Phase::Serving),
             experiments: Experiments::none(),
+            store: None,
+            log_bodies: LogBodies::Full,
         }))
     }
 
@@ -151,6 +159,23 @@ impl AppState {
 
     pub fn experiments(&self) -> &Experiments {
         &self.0.experiments
+    }
+
+    /// Logs every completion to `store` (keeping texts or not) and takes feedback. Call
+    /// before the state is shared (cloned).
+    pub fn with_store(mut self, store: Store, bodies: LogBodies) -> Self {
+        let inner = Arc::get_mut(&mut self.0).expect("with_store before the state is shared");
+        inner.store = Some(store);
+        inner.log_bodies = bodies;
+        self
+    }
+
+    pub fn store(&self) -> Option<&Store> {
+        self.0.store.as_ref()
+    }
+
+    fn log_bodies(&self) -> LogBodies {
+        self.0.log_bodies
     }
 
     pub fn registry(&self) -> &Registry {
@@ -231,6 +256,8 @@ pub fn router(state: AppState) -> Router {
         // Issue 11: experiments, the request log and feedback.
         .route("/v1/experiments", get(experiments::list))
         .route("/v1/experiments/{name}", get(experiments::get))
+        .route("/v1/feedback", post(feedback::post))
+        .route("/v1/responses/{id}", get(feedback::get_response))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_api_key));
     Router::new()
         .route("/healthz", get(healthz))
@@ -411,6 +438,9 @@ async fn readyz(State(state): State<AppState>) -> Response {
 
 async fn metrics_text(State(state): State<AppState>) -> Response {
     let stats = state.registry().stats();
+    if let Some(store) = state.store() {
+        state.metrics().store(&store.stats());
+    }
     let body = state.metrics().render(
         state.queue_depth(),
         state.config().max_queue,

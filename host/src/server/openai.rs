@@ -25,7 +25,7 @@ use serde_json::{Value, json};
 
 use super::experiments::{RunTags, resolve_model, user_of};
 use super::extract::ApiJson;
-use super::stream::{Outcome, run_streaming, run_whole};
+use super::stream::{Outcome, run_streaming_tagged, run_whole_tagged};
 use super::{ApiError, AppState};
 use crate::backend::{ChatMessage, GenerationParams};
 use crate::pipeline::{RunRecord, RunRequest};
@@ -291,7 +291,7 @@ pub async fn chat_completions(
     let created = unix_now();
     let model = req.model.clone();
     if !req.stream.unwrap_or(false) {
-        let record = run_whole(&state, pipeline, request, permit).await?;
+        let record = run_whole_tagged(&state, pipeline, request, permit, tags.clone()).await?;
         let body = json!({
             "id": id,
             "object": "chat.completion",
@@ -310,6 +310,7 @@ pub async fn chat_completions(
         return Ok(axum::Json(body).into_response());
     }
 
+    let log_tags = tags.clone();
     let include_usage = req.stream_options.as_ref().is_some_and(|o| o.include_usage);
     let chunk = move |delta: Value, finish: Option<&str>, extra: Option<(&str, Value)>| {
         let mut c = json!({
@@ -363,6 +364,6 @@ pub async fn chat_completions(
         }
         events
     };
-    let sse = run_streaming(&state, pipeline, request, permit, map).await?;
+    let sse = run_streaming_tagged(&state, pipeline, request, permit, map, log_tags).await?;
     Ok(sse.into_response())
 }
