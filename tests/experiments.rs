@@ -256,3 +256,100 @@ async fn experiments_reload_like_pipelines() {
     }
     server.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_over_http_and_from_the_command_line_agree_with_what_was_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("log.db");
+    let mut opts = light_options(vec![("ab.yaml", AB.to_string())]);
+    opts.db = Some(pipehost::store::DbUrl::Sqlite(db.clone()));
+    let server = Arc::new(start(opts).await);
+    // 40 users, 2 requests each; thumbs up from even users on `poem`, from every user on `warm`.
+    let mut expected: HashMap<String, (u64, u64, f64)> = HashMap::new(); // requests, thumbs, ups
+    let mut ids = Vec::new();
+    for u in 0..40 {
+        for _ in 0..2 {
+            let body = json!({"model": "ab", "user": format!("u{u}"), "messages": [{"role": "user", "content": "hi."}]});
+            let v: Value = http()
+                .post(server.url("/v1/chat/completions"))
+                .body(body.to_string())
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let variant = v["pipehost"]["variant"].as_str().unwrap().to_string();
+            let up = if variant == "warm" || u % 2 == 0 { 1 } else { 0 };
+            let r = http()
+                .post(server.url("/v1/feedback"))
+                .body(json!({"response_id": v["id"], "value": up}).to_string())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            let e = expected.entry(variant).or_default();
+            e.0 += 1;
+            e.1 += 1;
+            e.2 += f64::from(up);
+            ids.push(v["id"].as_str().unwrap().to_string());
+        }
+    }
+    let body: Value = server.get("/v1/experiments/ab").await.json().await.unwrap();
+    let results = &body["results"];
+    assert_eq!(results["baseline"], "poem", "{body}");
+    for v in results["variants"].as_array().unwrap() {
+        let (requests, thumbs, ups) = expected[v["name"].as_str().unwrap()];
+        assert_eq!(v["requests"].as_u64(), Some(requests), "{v}");
+        assert_eq!(v["users"].as_u64(), Some(requests / 2), "{v}");
+        assert_eq!(v["feedback"]["thumbs"]["n"].as_u64(), Some(thumbs), "{v}");
+        assert!(
+            (v["feedback"]["thumbs"]["mean"].as_f64().unwrap() - ups / thumbs as f64).abs() < 1e-12,
+            "{v}"
+        );
+        let [lo, hi] = [0, 1].map(|i| v["feedback"]["thumbs"]["interval"][i].as_f64().unwrap());
+        assert!(lo < hi, "{v}");
+        assert!(v["prob_best"].as_f64().unwrap() > 0.0, "{v}");
+        assert!(v["latency_ms_p50"].as_f64().unwrap() > 0.0, "{v}");
+    }
+    let warm = results["variants"].as_array().unwrap().iter().find(|v| v["name"] == "warm").unwrap();
+    assert!(warm["feedback"]["thumbs"]["lift"]["estimate"].as_f64().unwrap() > 0.0, "{warm}");
+    // 80 answers split 70/30 leave `warm` with fewer than 30 thumbs or no clear winner: either
+    // way no winner may be named from so little.
+    assert_ne!(results["verdict"]["status"], "winner", "{results}");
+    // Pairwise: the first two answers compared (they may share a variant: then not counted).
+    let r = http()
+        .post(server.url("/v1/feedback"))
+        .body(json!({"response_ids": [ids[0], ids[2]], "preferred": ids[0]}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    // The command line reads the same store and prints the same report.
+    let body: Value = server.get("/v1/experiments/ab").await.json().await.unwrap();
+    let experiments_dir = server.dir.path().join("experiments");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pipehost"))
+        .args(["experiments", "report", "ab", "--json", "--db"])
+        .arg(format!("sqlite:{}", db.display()))
+        .arg("--experiments")
+        .arg(&experiments_dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let cli: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(cli, body["results"]);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pipehost"))
+        .args(["experiments", "report", "ab", "--db"])
+        .arg(format!("sqlite:{}", db.display()))
+        .arg("--experiments")
+        .arg(&experiments_dir)
+        .output()
+        .unwrap();
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(table.contains("thumbs") && table.contains("P(best)") && table.contains("warm"), "{table}");
+    let status = body["results"]["verdict"]["status"].as_str().unwrap();
+    assert!(table.contains(&format!("{status}: ")), "{table}");
+    let server = Arc::into_inner(server).unwrap();
+    server.stop().await.unwrap();
+}

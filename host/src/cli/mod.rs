@@ -10,6 +10,7 @@ mod bench_http;
 mod bench_reload;
 mod check;
 mod dev;
+mod experiments;
 mod generate;
 mod plugin;
 mod run;
@@ -42,6 +43,9 @@ enum Command {
     Check(check::CheckArgs),
     /// Print the JSON Schema of pipeline files.
     Schema,
+    /// A/B experiments: results from the request log.
+    #[command(subcommand)]
+    Experiments(experiments::ExperimentsCommand),
     /// Developer tools: random-weight and tiny test models.
     #[command(subcommand)]
     Dev(dev::DevCommand),
@@ -60,6 +64,7 @@ pub fn main() -> ExitCode {
         Command::Check(args) => check::run(args),
         Command::Schema => schema::run(),
         Command::Serve(args) => serve::run(*args),
+        Command::Experiments(cmd) => experiments::run(cmd),
     };
     match result {
         Ok(code) => code,

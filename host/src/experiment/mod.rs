@@ -5,12 +5,14 @@
 //! - [`assign`]: which variant a user gets (weighted rendezvous hashing: sticky, stateless,
 //!   minimal movement when a weight changes).
 //! - [`Experiments`]: every experiment of a folder, hot-reloaded like the pipelines.
+//! - [`stats`]: per-variant results with intervals, from what the store logged.
 //!
 //! See docs/experiments.md.
 
 pub mod assign;
 pub mod load;
 mod registry;
+pub mod stats;
 
 pub use load::{AssignBy, Experiment, ExperimentSpec, Variant};
 pub use registry::{ExperimentInfo, ExperimentWatch, Experiments, default_experiments_dir};

@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::{ApiError, AppState};
-use crate::experiment::{AssignBy, assign};
+use crate::experiment::{AssignBy, assign, stats};
 use crate::pipeline::Pipeline;
 
 /// The header that names the user when the request body has no `user`.
@@ -79,13 +79,48 @@ pub async fn list(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 pub async fn get(State(state): State<AppState>, Path(name): Path<String>) -> Result<Response, ApiError> {
-    let Some(info) = state.experiments().list().into_iter().find(|e| e.experiment.name == name) else {
-        return Err(ApiError::new(
-            axum::http::StatusCode::NOT_FOUND,
-            "experiment_not_found",
-            format!("no experiment named `{name}` (GET /v1/experiments lists them)"),
-        )
-        .with_param("name"));
+    let info = state.experiments().list().into_iter().find(|e| e.experiment.name == name);
+    let Some(store) = state.store().cloned() else {
+        let Some(info) = info else { return Err(experiment_not_found(&name)) };
+        let mut body = serde_json::to_value(&info).unwrap_or_default();
+        body["results"] = serde_json::Value::Null;
+        body["results_error"] = "this server keeps no request log (--db none)".into();
+        return Ok(axum::Json(body).into_response());
     };
-    Ok(axum::Json(info).into_response())
+    let experiment = info.as_ref().map(|i| i.experiment.clone());
+    let variant_pipelines: Vec<(String, String)> = experiment
+        .iter()
+        .flat_map(|e| e.variants.iter().map(|v| (v.name.clone(), v.pipeline.clone())))
+        .collect();
+    let lookup = name.clone();
+    let data = tokio::task::spawn_blocking(move || store.experiment_data(&lookup, &variant_pipelines))
+        .await
+        .map_err(|e| ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+        .map_err(|e| {
+            ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                format!("the store failed: {e}"),
+            )
+        })?;
+    if info.is_none() && data.variants.is_empty() {
+        return Err(experiment_not_found(&name));
+    }
+    let report = stats::report(&name, experiment.as_ref(), &data);
+    let mut body = match &info {
+        Some(info) => serde_json::to_value(info).unwrap_or_default(),
+        // Logged, but its file is gone: the results alone.
+        None => json!({"name": name}),
+    };
+    body["results"] = serde_json::to_value(&report).unwrap_or_default();
+    Ok(axum::Json(body).into_response())
+}
+
+fn experiment_not_found(name: &str) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::NOT_FOUND,
+        "experiment_not_found",
+        format!("no experiment named `{name}` (GET /v1/experiments lists them)"),
+    )
+    .with_param("name")
 }
