@@ -371,3 +371,98 @@ async fn an_unwritable_store_drops_and_counts_and_answers_still_flow() {
     }
     server.stop().await.unwrap();
 }
+
+/// Runs `pipehost replay` with `args`; returns (exit code, stdout JSON or text, stderr).
+fn replay(db: &std::path::Path, file: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pipehost"))
+        .arg("replay")
+        .arg("--pipeline")
+        .arg(file)
+        .arg("--db")
+        .arg(format!("sqlite:{}", db.display()))
+        .arg("--plugins")
+        .arg(support::components_dir())
+        .args(args)
+        .env("PIPEHOST_CACHE_DIR", support::test_cache_dir())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_runs_logged_answers_through_a_changed_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("log.db");
+    let server = start(logged(&db, Options::default())).await;
+    // Six answers with ASCII punctuation in Chinese (the punctuation stage changes them), four
+    // without (nothing to change).
+    let numbers = ["一", "二", "三", "四", "五", "六"];
+    for (i, n) in numbers.iter().enumerate() {
+        complete(&server, &chat(&format!("第{n}句,好吗?"), i % 2 == 0)).await;
+    }
+    for n in &numbers[..4] {
+        complete(&server, &chat(&format!("第{n}句。"), false)).await;
+    }
+    server.stop().await.unwrap();
+    let poem = support::server::POEM;
+
+    // The same chain reproduces every logged final text.
+    let same = dir.path().join("poem.yaml");
+    std::fs::write(&same, poem).unwrap();
+    let (code, out, err) = replay(&db, &same, &["--json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (v["replayed"].as_u64(), v["changed"].as_u64(), v["failed"].as_u64()),
+        (Some(10), Some(0), Some(0)),
+        "{v}"
+    );
+    let stages: Vec<&str> =
+        v["stages"].as_array().unwrap().iter().map(|s| s["stage"].as_str().unwrap()).collect();
+    assert_eq!(stages, ["dedupe", "punctuation"]);
+    assert_eq!(v["stages"][0]["calls"], 10);
+
+    // Without the punctuation stage: exactly the six answers it had fixed change.
+    let changed = dir.path().join("poem-plain.yaml");
+    std::fs::write(&changed, poem.replace("  - plugin: punctuation\n", "")).unwrap();
+    let (code, out, err) = replay(&db, &changed, &["--json", "--source", "poem", "--diffs", "2"]);
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (v["replayed"].as_u64(), v["changed"].as_u64(), v["unchanged"].as_u64()),
+        (Some(10), Some(6), Some(4)),
+        "{v}"
+    );
+    let c = &v["changes"][0];
+    assert!(
+        c["before"].as_str().unwrap().contains('，') && c["after"].as_str().unwrap().contains(','),
+        "{c}"
+    );
+    assert!(c["diff"].as_str().unwrap().contains("[-，好吗？-]{+,好吗?+}"), "{c}");
+    assert_eq!(v["changes"].as_array().unwrap().len(), 2);
+    // The text report, --limit and --since.
+    let (code, out, _) = replay(&db, &changed, &["--source", "poem", "--limit", "3"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("replayed 3 logged answers of `poem`") && out.contains("dedupe"), "{out}");
+    let (_, out, _) = replay(&db, &changed, &["--json", "--source", "poem", "--since", "2999-01-01"]);
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["replayed"], 0);
+    let (_, out, _) = replay(&db, &changed, &["--json", "--source", "poem", "--since", "1d"]);
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["replayed"], 10);
+
+    // A failing stage: exit status 1 and the failures named.
+    let failing = dir.path().join("poem-evil.yaml");
+    std::fs::write(
+        &failing,
+        format!("{poem}  - plugin: guest_evil\n    name: evil\n    config: {{ mode: unreachable }}\n"),
+    )
+    .unwrap();
+    let (code, out, _) = replay(&db, &failing, &["--json", "--source", "poem"]);
+    assert_eq!(code, 1, "{out}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["failed"], 10);
+    assert!(v["failures"][0]["error"].as_str().unwrap().contains("evil"), "{v}");
+}

@@ -13,6 +13,7 @@ mod dev;
 mod experiments;
 mod generate;
 mod plugin;
+mod replay;
 mod run;
 mod schema;
 mod serve;
@@ -43,6 +44,8 @@ enum Command {
     Check(check::CheckArgs),
     /// Print the JSON Schema of pipeline files.
     Schema,
+    /// Run logged raw model texts through a changed pipeline's post-processors (no model).
+    Replay(Box<replay::ReplayArgs>),
     /// A/B experiments: results from the request log.
     #[command(subcommand)]
     Experiments(experiments::ExperimentsCommand),
@@ -65,6 +68,7 @@ pub fn main() -> ExitCode {
         Command::Schema => schema::run(),
         Command::Serve(args) => serve::run(*args),
         Command::Experiments(cmd) => experiments::run(cmd),
+        Command::Replay(args) => replay::run(*args),
     };
     match result {
         Ok(code) => code,
