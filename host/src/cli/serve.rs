@@ -175,9 +175,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
         header_read_timeout: Duration::from_secs(args.header_timeout_secs),
         body_read_timeout: Duration::from_secs(args.body_timeout_secs),
     };
-    print_banner(addr, &registry, backend.name(), &pipelines_dir, &plugins_dir, config.api_key.is_some());
-    print_experiments(&experiments);
+    let api_key = config.api_key.is_some();
     let db = crate::store::DbUrl::parse(&args.db.clone().unwrap_or_else(|| default_db(&pipelines_dir)))?;
+    print_banner(&registry, backend.name(), &pipelines_dir, &plugins_dir);
+    print_experiments(&experiments);
     let mut state = AppState::new(registry, executor, backend, config).with_experiments(experiments);
     if db != crate::store::DbUrl::None {
         let options = crate::store::StoreOptions { retention_days: args.log_retention_days };
@@ -187,6 +188,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
         eprintln!("pipehost: request log and feedback in {}", store.url().display());
         state = state.with_store(store, args.log_bodies);
     }
+    let auth = if api_key { " (API key required)" } else { "" };
+    eprintln!("pipehost: listening on http://{addr}{auth}  (POST /v1/chat/completions, GET /v1/models)");
     server::serve(listener, state, server::shutdown_signal()).await.context("serving HTTP")?;
     eprintln!("pipehost: stopped");
     Ok(())
@@ -226,12 +229,10 @@ async fn build_backend(kind: BackendKind, args: &ServeArgs) -> Result<Arc<dyn Ba
 }
 
 fn print_banner(
-    addr: SocketAddr,
     registry: &Registry,
     backend: &str,
     pipelines_dir: &std::path::Path,
     plugins_dir: &std::path::Path,
-    api_key: bool,
 ) {
     eprintln!("pipehost: backend {backend}");
     eprintln!("pipehost: pipelines from {}, plugins from {}", pipelines_dir.display(), plugins_dir.display());
@@ -246,8 +247,6 @@ fn print_banner(
     for err in registry.errors() {
         eprintln!("  load error: {err}");
     }
-    let auth = if api_key { " (API key required)" } else { "" };
-    eprintln!("pipehost: listening on http://{addr}{auth}  (POST /v1/chat/completions, GET /v1/models)");
 }
 
 /// `sqlite:` + `pipehost.db` beside the pipelines folder.

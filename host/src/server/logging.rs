@@ -34,9 +34,10 @@ pub(crate) struct PendingLog {
     client_trace: bool,
 }
 
+/// 53 bits: the logged seed survives JSON readers that hold numbers as doubles (JavaScript).
 fn random_seed() -> u64 {
     use std::hash::{BuildHasher, Hasher};
-    std::collections::hash_map::RandomState::new().build_hasher().finish()
+    std::collections::hash_map::RandomState::new().build_hasher().finish() >> 11
 }
 
 impl AppState {
