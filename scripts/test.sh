@@ -8,5 +8,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The playground's browser test drives Debian's Chromium through chromedriver; install them when
+# missing and possible (root with apt-get), else that test says it skipped.
+if { [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; } && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing chromium and chromium-driver for the playground's browser test"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+fi
+
 scripts/build-plugins.sh
 cargo test --workspace --no-fail-fast "$@"

@@ -210,7 +210,15 @@ fn shipped_examples_load() {
         Registry::load(&support::repo_root().join("pipelines"), plugins.path(), support::runtime());
     assert!(registry.errors().is_empty(), "{:?}", registry.errors());
     let names: Vec<String> = registry.list().into_iter().map(|p| p.name).collect();
-    assert_eq!(names, ["companion", "poem", "qa", "story"]);
+    assert_eq!(names, ["companion", "poem", "qa", "story", "style"]);
+    // Every subjective task type of the recipes has a pipeline, tagged for the playground.
+    let tasks: std::collections::BTreeSet<Option<String>> =
+        registry.list().into_iter().map(|p| p.task).collect();
+    let want = ["companionship", "creative-writing", "open-question", "style-imitation"];
+    assert_eq!(tasks, want.iter().map(|t| Some(t.to_string())).collect());
+    let style = registry.get("style").unwrap();
+    let samples = style.variables.iter().find(|v| v.name == "samples").unwrap();
+    assert!(samples.default.is_some(), "the samples come from the request or the file's default");
     let poem = registry.get("poem").unwrap();
     assert_eq!((poem.params.temperature, poem.params.top_p), (Some(0.8), Some(0.9)));
     let story = registry.get("story").unwrap();

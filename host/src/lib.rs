@@ -10,6 +10,7 @@
 //! - [`store`]: the request log and feedback (SQLite or PostgreSQL); the only module that touches a
 //!   database.
 //! - [`server`]: the HTTP server (OpenAI-compatible and native endpoints, SSE, metrics).
+//! - [`playground`]: the playground page's files, embedded; the server serves them at `/`.
 //! - [`cli`]: the command line.
 
 pub mod backend;
@@ -17,6 +18,7 @@ pub mod cli;
 pub mod experiment;
 pub mod model;
 pub mod pipeline;
+pub mod playground;
 pub mod plugin;
 pub mod server;
 pub mod store;

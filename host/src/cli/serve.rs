@@ -111,6 +111,13 @@ pub struct ServeArgs {
     /// Do not watch the pipelines and plugins folders for changes.
     #[arg(long, env = "PIPEHOST_NO_WATCH")]
     pub no_watch: bool,
+    /// Refuse to save pipelines (`PUT /v1/pipelines/{name}`, the playground's Save): 403.
+    /// The playground still runs drafts.
+    #[arg(long, env = "PIPEHOST_READ_ONLY")]
+    pub read_only: bool,
+    /// echo: pause this many milliseconds before each chunk, to watch answers stream.
+    #[arg(long, env = "PIPEHOST_ECHO_DELAY_MS", value_name = "MS", default_value_t = 0)]
+    pub echo_delay_ms: u64,
 }
 
 pub fn run(args: ServeArgs) -> Result<ExitCode> {
@@ -174,6 +181,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         stall_timeout: Duration::from_secs(args.stall_secs.max(1)),
         header_read_timeout: Duration::from_secs(args.header_timeout_secs),
         body_read_timeout: Duration::from_secs(args.body_timeout_secs),
+        read_only: args.read_only,
     };
     let api_key = config.api_key.is_some();
     let db = crate::store::DbUrl::parse(&args.db.clone().unwrap_or_else(|| default_db(&pipelines_dir)))?;
@@ -190,6 +198,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     }
     let auth = if api_key { " (API key required)" } else { "" };
     eprintln!("pipehost: listening on http://{addr}{auth}  (POST /v1/chat/completions, GET /v1/models)");
+    eprintln!("pipehost: playground: open http://{addr}/ in a browser");
     server::serve(listener, state, server::shutdown_signal()).await.context("serving HTTP")?;
     eprintln!("pipehost: stopped");
     Ok(())
@@ -197,7 +206,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
 
 async fn build_backend(kind: BackendKind, args: &ServeArgs) -> Result<Arc<dyn Backend>> {
     Ok(match kind {
-        BackendKind::Echo => Arc::new(EchoBackend::new(EchoConfig::default())),
+        BackendKind::Echo => {
+            Arc::new(EchoBackend::new(EchoConfig { delay_ms: args.echo_delay_ms, ..EchoConfig::default() }))
+        }
         BackendKind::Openai => {
             let Some(base_url) = args.openai_base_url.clone() else {
                 bail!("--backend openai needs --openai-base-url (or PIPEHOST_OPENAI_BASE_URL)");

@@ -90,9 +90,13 @@ impl PostStage {
 pub struct Pipeline {
     pub name: String,
     pub description: String,
+    /// The kind of task it is for (`creative-writing`, `companionship`, ...), for grouping.
+    pub task: Option<String>,
     pub file: PathBuf,
     /// sha256 of the file's bytes: the pipeline's version.
     pub sha256: String,
+    /// The file's text, as loaded (what the playground edits; what `sha256` hashes).
+    pub source: String,
     /// The backend named in the file, if any.
     pub backend: Option<String>,
     pub params: GenerationParams,
@@ -250,6 +254,11 @@ fn strip_location(message: &str) -> String {
     m.to_owned()
 }
 
+/// A pipeline file's YAML as JSON: its structure only, unchecked; `None` when it does not parse.
+pub fn spec_json(text: &str) -> Option<serde_json::Value> {
+    serde_saphyr::from_str::<serde_json::Value>(text).ok()
+}
+
 /// Adds "did you mean `x`?" to serde's unknown-field/variant messages.
 pub(crate) fn with_suggestion(message: &str) -> String {
     let Some(unknown) = message
@@ -296,10 +305,30 @@ pub fn load_file(
         ));
     }
     let bytes = std::fs::read(file).map_err(|e| at(None, format!("cannot read: {e}")))?;
-    let sha256 = hex::encode(Sha256::digest(&bytes));
     let text = String::from_utf8(bytes).map_err(|e| at(None, format!("not UTF-8: {e}")))?;
+    load_text(file, text, plugins, backends, taken)
+}
+
+/// Parses and validates pipeline text exactly as [`load_file`] does for a file's content;
+/// `file` names it in errors (and its stem is the default name). For drafts that are not (yet)
+/// a file: the playground's runs and saves.
+pub fn load_text(
+    file: &Path,
+    text: String,
+    plugins: &PluginCache,
+    backends: &BackendNames,
+    taken: &HashMap<String, PathBuf>,
+) -> Result<Pipeline, Vec<LoadError>> {
+    if text.len() as u64 > MAX_FILE_BYTES {
+        return Err(vec![LoadError::at(
+            file,
+            None,
+            format!("the text is {} bytes; pipeline files are limited to {MAX_FILE_BYTES} bytes", text.len()),
+        )]);
+    }
+    let sha256 = hex::encode(Sha256::digest(text.as_bytes()));
     let spec = parse(file, &text).map_err(|e| vec![e])?;
-    build(file, sha256, spec, plugins, backends, taken)
+    build(file, sha256, text, spec, plugins, backends, taken)
 }
 
 fn loc<T>(s: &Spanned<T>) -> Option<Location> {
@@ -342,6 +371,7 @@ fn config_json(config: Option<&Spanned<serde_json::Value>>) -> serde_json::Value
 fn build(
     file: &Path,
     sha256: String,
+    source: String,
     spec: PipelineSpec,
     plugins: &PluginCache,
     backends: &BackendNames,
@@ -363,6 +393,11 @@ fn build(
             name_loc,
             format!("duplicate pipeline name `{name}`: already defined by {}", other.display()),
         ));
+    }
+    if let Some(t) = &spec.task
+        && (t.value.is_empty() || t.value.chars().count() > 64 || t.value.chars().any(char::is_control))
+    {
+        errs.push(at(loc(t), "`task`: use a short label (1 to 64 characters, one line)".into()));
     }
     // Backend.
     if let Some(b) = &spec.backend
@@ -534,8 +569,10 @@ fn build(
     Ok(Pipeline {
         name,
         description: spec.description,
+        task: spec.task.map(|t| t.value),
         file: file.to_owned(),
         sha256,
+        source,
         backend: spec.backend.map(|b| b.value),
         params,
         input_variable,

@@ -19,8 +19,10 @@ pub use executor::{
 };
 pub use load::{
     BackendNames, LoadError, MAX_FILE_BYTES, Pipeline, PluginCache, PostStage, PromptStage, Variable,
+    spec_json,
 };
 pub use registry::{
-    DEBOUNCE, PipelineInfo, Registry, ReloadStats, StageInfo, WatchHandle, default_pipelines_dir,
+    DEBOUNCE, PipelineInfo, Registry, ReloadStats, SaveError, Saved, StageInfo, WatchHandle,
+    default_pipelines_dir,
 };
 pub use spec::{OnError, PipelineSpec, json_schema};

@@ -13,7 +13,10 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::load::{BackendNames, LoadError, Pipeline, PluginCache, Variable, load_file};
+use super::load::{
+    BackendNames, LoadError, Pipeline, PluginCache, Variable, load_file, load_text, parse,
+    validate_pipeline_name,
+};
 use super::spec::OnError;
 use crate::backend::GenerationParams;
 use crate::plugin::PluginRuntime;
@@ -62,6 +65,7 @@ pub struct StageInfo {
 pub struct PipelineInfo {
     pub name: String,
     pub description: String,
+    pub task: Option<String>,
     pub file: PathBuf,
     pub sha256: String,
     pub backend: Option<String>,
@@ -212,32 +216,18 @@ impl Registry {
             }
             return;
         }
-        let taken: HashMap<String, PathBuf> = {
-            let state = self.inner.state.read().unwrap();
-            state
-                .files
-                .iter()
-                .filter(|(f, _)| f.as_str() != file_name)
-                .filter_map(|(f, e)| e.serving.clone().map(|n| (n, self.inner.dir.join(f))))
-                .collect()
-        };
+        let taken = self.taken_except(file_name);
         let result = load_file(&path, &self.inner.plugins, &self.inner.backends, &taken);
         let mut state = self.inner.state.write().unwrap();
-        let entry = state.files.entry(file_name.to_owned()).or_default();
         match result {
             Ok(pipeline) => {
-                let old = entry.serving.replace(pipeline.name.clone());
-                entry.errors.clear();
-                if let Some(old) = old.filter(|o| *o != pipeline.name) {
-                    state.pipelines.remove(&old);
-                }
-                tracing::info!(pipeline = pipeline.name, sha256 = pipeline.sha256, "pipeline loaded");
-                state.pipelines.insert(pipeline.name.clone(), Arc::new(pipeline));
+                install(&mut state, file_name, pipeline);
                 if count {
                     self.inner.reloads.fetch_add(1, Ordering::Relaxed);
                 }
             }
             Err(errors) => {
+                let entry = state.files.entry(file_name.to_owned()).or_default();
                 for error in &errors {
                     if count {
                         tracing::warn!("reload failed, the previous version keeps serving: {error}");
@@ -251,6 +241,72 @@ impl Registry {
                 }
             }
         }
+    }
+
+    /// Pipeline names served by files other than `file_name`, with their files.
+    fn taken_except(&self, file_name: &str) -> HashMap<String, PathBuf> {
+        let state = self.inner.state.read().unwrap();
+        state
+            .files
+            .iter()
+            .filter(|(f, _)| f.as_str() != file_name)
+            .filter_map(|(f, e)| e.serving.clone().map(|n| (n, self.inner.dir.join(f))))
+            .collect()
+    }
+
+    /// Checks pipeline text that is not a file (a playground draft) exactly as a file is
+    /// checked at load, plugins' `validate-config` included; errors name `draft.yaml`.
+    pub fn check_draft(&self, text: String) -> Result<Pipeline, Vec<LoadError>> {
+        load_text(Path::new("draft.yaml"), text, &self.inner.plugins, &self.inner.backends, &HashMap::new())
+    }
+
+    /// Validates `text` as pipeline `name` and, only if it is valid, writes it to
+    /// `NAME.yaml` in the pipelines folder atomically (a temporary file in the same folder,
+    /// synced, then renamed over: a reader sees the old file or the new one, never a part) and
+    /// serves it at once. Saves are serialised with reloads, so of two concurrent saves of one
+    /// name the later wins whole.
+    pub fn save(&self, name: &str, text: String) -> Result<Saved, SaveError> {
+        validate_pipeline_name(name).map_err(SaveError::InvalidName)?;
+        let _guard = self.inner.reloading.lock().unwrap();
+        let file_name = format!("{name}.yaml");
+        let path = self.inner.dir.join(&file_name);
+        let taken = self.taken_except(&file_name);
+        if let Some(other) = taken.get(name) {
+            return Err(SaveError::Conflict { name: name.to_owned(), file: other.clone() });
+        }
+        // The file's `name:` may not say otherwise than the name it is saved under.
+        if let Ok(spec) = parse(&path, &text)
+            && let Some(n) = spec.name.filter(|n| n.value != name)
+        {
+            return Err(SaveError::Invalid(vec![LoadError::at(
+                &path,
+                Some(n.referenced),
+                format!(
+                    "`name`: the text names the pipeline `{}` but is saved as `{name}`; remove `name:` or make them match",
+                    n.value
+                ),
+            )]));
+        }
+        let pipeline = load_text(&path, text, &self.inner.plugins, &self.inner.backends, &taken)
+            .map_err(SaveError::Invalid)?;
+        let io = |source| SaveError::Io { path: path.clone(), source };
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".save-")
+            .suffix(".tmp")
+            .tempfile_in(&self.inner.dir)
+            .map_err(io)?;
+        {
+            use std::io::Write;
+            tmp.write_all(pipeline.source.as_bytes()).map_err(io)?;
+            tmp.as_file().sync_all().map_err(io)?;
+        }
+        let created = !path.exists();
+        tmp.persist(&path).map_err(|e| io(e.error))?;
+        let mut state = self.inner.state.write().unwrap();
+        install(&mut state, &file_name, pipeline);
+        tracing::info!(pipeline = name, created, "pipeline saved");
+        let info = info_of(&state, name).expect("just installed");
+        Ok(Saved { created, info })
     }
 
     /// A plugin file changed: reloads every pipeline that uses it and every file in error.
@@ -331,6 +387,41 @@ impl Registry {
     }
 }
 
+/// Serves `pipeline` as the version of `file_name`, replacing what that file served.
+fn install(state: &mut State, file_name: &str, pipeline: Pipeline) {
+    let entry = state.files.entry(file_name.to_owned()).or_default();
+    let old = entry.serving.replace(pipeline.name.clone());
+    entry.errors.clear();
+    if let Some(old) = old.filter(|o| *o != pipeline.name) {
+        state.pipelines.remove(&old);
+    }
+    tracing::info!(pipeline = pipeline.name, sha256 = pipeline.sha256, "pipeline loaded");
+    state.pipelines.insert(pipeline.name.clone(), Arc::new(pipeline));
+}
+
+/// A saved pipeline.
+#[derive(Debug, Clone)]
+pub struct Saved {
+    /// No file of that name existed before.
+    pub created: bool,
+    pub info: PipelineInfo,
+}
+
+/// Why [`Registry::save`] wrote nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum SaveError {
+    #[error("{0}")]
+    InvalidName(String),
+    /// The text is not a valid pipeline (every problem found, located).
+    #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
+    Invalid(Vec<LoadError>),
+    /// Another file already serves a pipeline of that name.
+    #[error("pipeline `{name}` is defined by {}; edit that file instead", file.display())]
+    Conflict { name: String, file: PathBuf },
+    #[error("writing {}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
 fn canonical(p: &Path) -> PathBuf {
     std::fs::canonicalize(p).unwrap_or_else(|_| p.to_owned())
 }
@@ -346,6 +437,7 @@ fn info_of(state: &State, name: &str) -> Option<PipelineInfo> {
     Some(PipelineInfo {
         name: p.name.clone(),
         description: p.description.clone(),
+        task: p.task.clone(),
         file: p.file.clone(),
         sha256: p.sha256.clone(),
         backend: p.backend.clone(),

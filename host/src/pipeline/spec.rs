@@ -23,6 +23,11 @@ pub struct PipelineSpec {
     /// What the pipeline is for (shown in `GET /v1/pipelines`).
     #[serde(default)]
     pub description: String,
+    /// The kind of task, for grouping in the playground: `creative-writing`,
+    /// `companionship`, `open-question`, `style-imitation`, or any other short label.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub task: Option<Spanned<String>>,
     /// Which model backend runs it: the name of one the server was started with (`candle`,
     /// `openai`, `echo`). Default: the server's default backend.
     #[serde(default)]

@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use crate::backend::BackendError;
-use crate::pipeline::PipelineError;
+use crate::pipeline::{LoadError, PipelineError};
 use crate::plugin::Cause;
 
 /// An error answered to the client.
@@ -23,6 +23,9 @@ pub struct ApiError {
     pub code: String,
     /// Seconds, for 429 and 503.
     pub retry_after: Option<u64>,
+    /// Located problems of a pipeline text (`[{file, line, column, message}]`), so a page can
+    /// show each beside its field; OpenAI clients ignore the extra member.
+    pub errors: Option<Vec<LoadError>>,
 }
 
 #[derive(Serialize)]
@@ -37,6 +40,8 @@ struct Inner<'a> {
     kind: &'a str,
     param: Option<&'a str>,
     code: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    errors: Option<&'a [LoadError]>,
 }
 
 impl ApiError {
@@ -49,7 +54,15 @@ impl ApiError {
             500..=599 => "server_error",
             _ => "invalid_request_error",
         };
-        ApiError { status, message: message.into(), kind, param: None, code: code.into(), retry_after: None }
+        ApiError {
+            status,
+            message: message.into(),
+            kind,
+            param: None,
+            code: code.into(),
+            retry_after: None,
+            errors: None,
+        }
     }
 
     pub fn bad_request(code: &str, message: impl Into<String>) -> Self {
@@ -73,6 +86,15 @@ impl ApiError {
         err.with_param("model")
     }
 
+    /// 400 for a pipeline text that does not load: every problem, located, in the message and
+    /// in `errors`.
+    pub fn invalid_pipeline(errors: Vec<LoadError>) -> Self {
+        let message = errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ");
+        let mut err = Self::bad_request("invalid_pipeline", message).with_param("yaml");
+        err.errors = Some(errors);
+        err
+    }
+
     pub fn busy(message: impl Into<String>, retry_after: u64) -> Self {
         let mut err = Self::new(StatusCode::TOO_MANY_REQUESTS, "server_busy", message);
         err.retry_after = Some(retry_after);
@@ -87,6 +109,7 @@ impl ApiError {
                 kind: self.kind,
                 param: self.param.as_deref(),
                 code: &self.code,
+                errors: self.errors.as_deref(),
             },
         };
         serde_json::to_string(&body).unwrap_or_else(|_| String::from("{\"error\":{}}"))

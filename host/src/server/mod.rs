@@ -19,6 +19,7 @@ mod logging;
 mod metrics;
 mod native;
 mod openai;
+mod playground;
 mod stream;
 
 use std::future::Future;
@@ -31,7 +32,7 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
@@ -77,6 +78,8 @@ pub struct ServerConfig {
     pub header_read_timeout: Duration,
     /// A request body not received within this long (from the end of the head) gets 408.
     pub body_read_timeout: Duration,
+    /// Refuse `PUT /v1/pipelines/{name}` (403): the playground can run drafts but not save.
+    pub read_only: bool,
 }
 
 impl Default for ServerConfig {
@@ -90,6 +93,7 @@ impl Default for ServerConfig {
             stall_timeout: Duration::from_secs(30),
             header_read_timeout: Duration::from_secs(30),
             body_read_timeout: Duration::from_secs(30),
+            read_only: false,
         }
     }
 }
@@ -250,8 +254,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/models", get(list_models))
         .route("/v1/models/{name}", get(get_model))
         .route("/v1/pipelines", get(list_pipelines))
-        .route("/v1/pipelines/{name}", get(get_pipeline))
+        .route("/v1/pipelines/{name}", get(get_pipeline).merge(put(playground::save)))
         .route("/v1/pipelines/{name}/run", post(native::run))
+        .route("/v1/playground/run", post(playground::run))
+        .route("/v1/playground/check", post(playground::check))
         .route("/metrics", get(metrics_text))
         // Issue 11: experiments, the request log and feedback.
         .route("/v1/experiments", get(experiments::list))
@@ -262,6 +268,9 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        // The page itself is public (it holds no data; its API calls send the key).
+        .route("/", get(playground::index))
+        .route("/playground/{file}", get(playground::asset))
         .merge(protected)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -487,9 +496,12 @@ async fn list_pipelines(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 async fn get_pipeline(State(state): State<AppState>, Path(name): Path<String>) -> Result<Response, ApiError> {
-    match state.registry().info(&name) {
-        Some(info) => Ok(axum::Json(info).into_response()),
-        None => Err(ApiError::unknown_pipeline(&name).with_param("name")),
+    let registry = state.registry();
+    match (registry.info(&name), registry.get(&name)) {
+        (Some(info), Some(p)) => {
+            Ok(axum::Json(playground::pipeline_detail(&info, &p.source)).into_response())
+        }
+        _ => Err(ApiError::unknown_pipeline(&name).with_param("name")),
     }
 }
 
