@@ -291,6 +291,9 @@ fn serve(pipelines: &Path, extra: &[&str]) -> (Kill, String) {
         .arg(pipelines)
         .arg("--plugins")
         .arg(support::components_dir())
+        // Its own request log (the default sits beside the pipelines folder, here shared /tmp).
+        .arg("--db")
+        .arg(format!("sqlite:{}", pipelines.join("log.db").display()))
         .args(extra)
         .env("PIPEHOST_CACHE_DIR", support::test_cache_dir())
         .env("RUST_LOG", "warn")
@@ -406,7 +409,12 @@ async fn the_page_tunes_runs_compares_and_saves_in_chromium() {
     let Some((chromium, driver)) = browser_paths() else { return };
     let pipelines = copy_pipelines();
     // A paced echo so the streaming is visible; the echo answers with the prompt's user message.
-    let (_serve, url) = serve(pipelines.path(), &["--model", "echo", "--echo-delay-ms", "40"]);
+    let experiments_dir = tempfile::tempdir().unwrap();
+    let experiments = experiments_dir.path().to_owned();
+    let (_serve, url) = serve(
+        pipelines.path(),
+        &["--model", "echo", "--echo-delay-ms", "40", "--experiments", experiments.to_str().unwrap()],
+    );
     let profile = tempfile::tempdir().unwrap();
     let (_driver, c) = chrome(&chromium, &driver, profile.path()).await;
     c.goto(&url).await.unwrap();
@@ -518,6 +526,9 @@ async fn the_page_tunes_runs_compares_and_saves_in_chromium() {
         text(&c, &tid("blind-result")).await.contains("A was variant")
     })
     .await;
+    // Kept where the server keeps feedback: a pairwise preference on both logged runs.
+    let result = text(&c, &tid("blind-result")).await;
+    assert!(result.contains("recorded on the server"), "{result}");
 
     // Save variant A as a new pipeline; it is served at once.
     c.find(Locator::Css(&in_column(0, "save"))).await.unwrap().click().await.unwrap();
@@ -538,6 +549,56 @@ async fn the_page_tunes_runs_compares_and_saves_in_chromium() {
     })
     .await;
     c.find(Locator::Css(&tid("save-cancel"))).await.unwrap().click().await.unwrap();
+
+    // The experiments panel: an A/B test between poem and poem-rain, some traffic with
+    // thumbs, and the page shows each variant with its interval.
+    std::fs::write(
+        experiments.join("rain-ab.yaml"),
+        "description: poem vs poem-rain\nvariants:\n  - pipeline: poem\n  - pipeline: poem-rain\n",
+    )
+    .unwrap();
+    let client = reqwest::Client::new();
+    wait_until("the experiment to load", || async {
+        let r = client.get(format!("{url}/v1/experiments/rain-ab")).send().await.unwrap();
+        r.status() == 200
+    })
+    .await;
+    for user in 0..24 {
+        let body = json!({"model": "rain-ab", "user": format!("u{user}"),
+                          "messages": [{"role": "user", "content": "雨"}]});
+        let answer: Value = client
+            .post(format!("{url}/v1/chat/completions"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let id = answer["id"].as_str().unwrap().to_owned();
+        let thumbs = json!({"response_id": id, "value": user % 3 != 0});
+        let r = client.post(format!("{url}/v1/feedback")).json(&thumbs).send().await.unwrap();
+        assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    }
+    let report: Value =
+        client.get(format!("{url}/v1/experiments/rain-ab")).send().await.unwrap().json().await.unwrap();
+    let variants = report["results"]["variants"].as_array().unwrap_or_else(|| panic!("{report}"));
+    let requests: u64 = variants.iter().map(|v| v["requests"].as_u64().unwrap_or(0)).sum();
+    let thumbs: u64 = variants.iter().map(|v| v["feedback"]["thumbs"]["n"].as_u64().unwrap_or(0)).sum();
+    assert_eq!((requests, thumbs), (24, 24), "{report}");
+    c.refresh().await.unwrap();
+    wait_until("the experiments panel", || async {
+        c.find(Locator::Css(&format!("{} circle", tid("experiment-chart-thumbs")))).await.is_ok()
+    })
+    .await;
+    for variant in ["poem", "poem-rain"] {
+        let row = text(&c, &tid(&format!("experiment-variant-{variant}"))).await;
+        assert!(row.contains('['), "{variant}: a mean with its interval: {row}");
+    }
+    let verdict = text(&c, &tid("experiment-verdict")).await;
+    assert!(!verdict.is_empty());
+    c.execute("document.querySelector('[data-testid=experiments]').scrollIntoView()", vec![]).await.unwrap();
+    screenshot(&c, "playground-experiment.png").await;
 
     // The history survives a reload of the page.
     c.refresh().await.unwrap();
