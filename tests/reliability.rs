@@ -1185,6 +1185,50 @@ async fn slow_client_timeouts_are_cli_flags() {
     assert!(answer.contains("request_timeout"), "{answer}");
 }
 
+/// Logs for machines: written to a file, text logs carry no colour codes; with
+/// `--log-format json` every line on stderr is one JSON object, the startup lines included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_are_plain_in_a_file_and_json_on_request() {
+    let _shared = MEMORY.read().await;
+    for format in ["text", "json"] {
+        let mut binary = tokio::task::spawn_blocking(move || {
+            Binary::start(
+                &[("plain.yaml", PLAIN.to_string())],
+                &["--log-format", format, "--no-watch"],
+                "info",
+            )
+        })
+        .await
+        .unwrap();
+        let response = reqwest::Client::new()
+            .post(binary.url("/v1/chat/completions"))
+            .body(request("plain", "hello", false).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        binary.signal("-TERM");
+        let (status, binary) =
+            tokio::task::spawn_blocking(move || (binary.wait(Duration::from_secs(10)), binary))
+                .await
+                .unwrap();
+        assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", binary.output());
+        let stderr = std::fs::read_to_string(binary.dir.path().join("stderr")).unwrap();
+        assert!(!stderr.contains('\x1b'), "{format}: colour codes in a file:\n{stderr}");
+        assert!(stderr.contains("shutting down"), "{format}: {stderr}");
+        assert!(stderr.contains("listening on"), "{format}: {stderr}");
+        if format == "json" {
+            for line in stderr.lines().filter(|l| !l.trim().is_empty()) {
+                let v: Value =
+                    serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+                assert!(v["level"].is_string() && v["message"].is_string(), "{line}");
+            }
+        } else {
+            assert!(stderr.lines().any(|l| l.contains(" INFO ") && l.contains("shutting down")), "{stderr}");
+        }
+    }
+}
+
 /// The default bind address, as the CLI parses it, is loopback.
 #[test]
 fn default_bind_is_loopback() {

@@ -12,6 +12,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 
+use super::say;
 use crate::backend::{self, Backend, CandleBackend, EchoBackend, EchoConfig, OpenAiBackend, OpenAiConfig};
 use crate::model::{self, DEFAULT_MODEL, DTypeChoice, DeviceChoice, Engine, ModelSpec};
 use crate::pipeline::{BackendNames, Executor, Registry};
@@ -155,7 +156,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     print_banner(addr, &registry, backend.name(), &pipelines_dir, &plugins_dir, config.api_key.is_some());
     let state = AppState::new(registry, executor, backend, config);
     server::serve(listener, state, server::shutdown_signal()).await.context("serving HTTP")?;
-    eprintln!("pipehost: stopped");
+    say!("pipehost: stopped");
     Ok(())
 }
 
@@ -180,10 +181,10 @@ async fn build_backend(kind: BackendKind, args: &ServeArgs) -> Result<Arc<dyn Ba
             spec.dtype = args.dtype;
             let queue = args.max_queue as usize;
             let name = args.model.clone();
-            eprintln!("pipehost: loading {name} ...");
+            say!("pipehost: loading {name} ...");
             let engine = tokio::task::spawn_blocking(move || -> Result<Engine> {
                 let model = model::load(&spec).with_context(|| format!("loading {name}"))?;
-                eprintln!("{}", model.info());
+                say!("{}", model.info());
                 Ok(Engine::start(model, queue))
             })
             .await??;
@@ -200,21 +201,25 @@ fn print_banner(
     plugins_dir: &std::path::Path,
     api_key: bool,
 ) {
-    eprintln!("pipehost: backend {backend}");
-    eprintln!("pipehost: pipelines from {}, plugins from {}", pipelines_dir.display(), plugins_dir.display());
+    say!("pipehost: backend {backend}");
+    say!("pipehost: pipelines from {}, plugins from {}", pipelines_dir.display(), plugins_dir.display());
     let pipelines = registry.list();
     if pipelines.is_empty() {
-        eprintln!("pipehost: no pipelines loaded");
+        say!("pipehost: no pipelines loaded");
     }
     for info in &pipelines {
         let stages: Vec<&str> = info.stages.iter().map(|s| s.plugin.as_str()).collect();
-        eprintln!("  {:<16} {} -> model -> [{}]", info.name, info.prompt.plugin, stages.join(", "));
+        say!("  {:<16} {} -> model -> [{}]", info.name, info.prompt.plugin, stages.join(", "));
     }
     for err in registry.errors() {
-        eprintln!("  load error: {err}");
+        if super::json_logs() {
+            tracing::warn!("load error: {err}");
+        } else {
+            eprintln!("  load error: {err}");
+        }
     }
     let auth = if api_key { " (API key required)" } else { "" };
-    eprintln!("pipehost: listening on http://{addr}{auth}  (POST /v1/chat/completions, GET /v1/models)");
+    say!("pipehost: listening on http://{addr}{auth}  (POST /v1/chat/completions, GET /v1/models)");
 }
 
 #[cfg(test)]
