@@ -114,7 +114,7 @@ fn worker(mut model: Model, mut jobs: mpsc::Receiver<Job>) {
                 events.blocking_send(Event::Delta(text.to_owned())).is_ok()
             }
         };
-        // A panic in generation (a bug, or weights that yield NaN) would end this thread and
+        // A panic in generation (a bug) would end this thread and
         // with it every later request. It fails this request instead. Unwind safety: the
         // model's only per-request state is the KV cache, which `generate` clears before it
         // starts, so the next request does not see what the panic left behind.
