@@ -7,9 +7,11 @@
 //! - [`backend`]: model backends behind one trait (`echo`, `candle`, `openai`).
 //! - [`pipeline`]: pipeline files, their registry with hot reload, and the executor.
 //! - [`server`]: the HTTP server (OpenAI-compatible and native endpoints, SSE, metrics).
-//! - [`cli`]: the command line.
+//! - [`cli`]: the command line (argument parsing and dispatch).
+//! - `bench`: the drivers of `pipehost bench` (crate-private).
 
 pub mod backend;
+mod bench;
 pub mod cli;
 pub mod model;
 pub mod pipeline;

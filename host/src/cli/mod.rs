@@ -7,8 +7,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use clap::{Parser, Subcommand, ValueEnum};
 
 mod bench;
-mod bench_http;
-mod bench_reload;
 mod check;
 mod dev;
 mod generate;
