@@ -373,10 +373,15 @@ fn openai_backend_reports_usage_when_stopped() {
         let (stream, _) = listener.accept().unwrap();
         let mut reader = BufReader::new(stream.try_clone().unwrap());
         let mut line = String::new();
+        let mut len = 0;
         while line != "\r\n" {
             line.clear();
             reader.read_line(&mut line).unwrap();
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap();
+            }
         }
+        reader.read_exact(&mut vec![0; len]).unwrap();
         let mut out = stream;
         write!(out, "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n").unwrap();
         for n in 1..=2 {
@@ -386,7 +391,7 @@ fn openai_backend_reports_usage_when_stopped() {
             out.flush().unwrap();
         }
         // Stall until the client hangs up (the read returns 0 or fails).
-        let _ = reader.read(&mut [0; 1024]);
+        while reader.read(&mut [0; 1024]).is_ok_and(|n| n > 0) {}
         let _ = closed_tx.send(());
     });
     rt().block_on(async {
