@@ -79,6 +79,43 @@ async fn stream(
     }
 }
 
+/// Forwards another backend's events, counting the deltas it sent.
+struct Counting {
+    inner: Arc<dyn Backend>,
+    deltas: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Backend for Counting {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn ready(&self) -> bool {
+        true
+    }
+
+    fn generate(
+        &self,
+        request: pipehost::backend::BackendRequest,
+    ) -> Result<tokio::sync::mpsc::Receiver<pipehost::backend::BackendEvent>, pipehost::backend::BackendError>
+    {
+        let mut events = self.inner.generate(request)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let deltas = self.deltas.clone();
+        std::thread::spawn(move || {
+            while let Some(event) = events.blocking_recv() {
+                if matches!(event, pipehost::backend::BackendEvent::Delta(_)) {
+                    deltas.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+                if tx.blocking_send(event).is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(rx)
+    }
+}
+
 const CHAIN: &str = "  - plugin: dedupe\n  - plugin: punctuation\n  - plugin: tone\n    config: {presets: [zh-warm, en-warm]}\n";
 
 #[test]
@@ -113,19 +150,27 @@ fn a_stage_stop_ends_generation() {
     )]);
     let input = "第一句话在这里。第二句话也在这里，而且很长很长。".repeat(50);
     let backend = echo(2, 2);
+    let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     rt().block_on(async {
-        let ex = executor(backend.clone());
+        let ex = executor(Arc::new(Counting { inner: backend.clone(), deltas: sent.clone() }));
         let started = Instant::now();
         let (text, record) = stream(&ex, &f, "p", request(&input)).await.unwrap();
         assert_eq!(record.finish_reason, "plugin_stop");
         assert_eq!(text, record.text);
+        // Exact usage: the backend's own counts, reported after it stopped: every chunk it
+        // sent (some after the stop point, before it noticed) and the whole prompt.
+        let sent = sent.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(record.usage.completion_tokens, sent);
+        assert!(sent < 100, "{sent} chunks: generation did not stop early");
+        assert_eq!(record.usage.prompt_tokens, input.chars().count());
+        assert_eq!(record.usage.total_tokens, record.usage.prompt_tokens + sent);
         // 600 chunks at 2 ms would take over a second; the stop came after a few.
         assert!(started.elapsed() < Duration::from_millis(800), "{:?}", started.elapsed());
         let deadline = Instant::now() + Duration::from_secs(5);
         while backend.cancelled_count() == 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        assert_eq!(backend.cancelled_count(), 1, "generation was not cancelled");
+        assert_eq!(backend.cancelled_count(), 1, "generation was not stopped");
         // Same text as the whole-text mode.
         let whole = executor(echo(64, 0)).run(f.registry.get("p").unwrap(), request(&input)).await.unwrap();
         assert_eq!(whole.text, text);
@@ -315,6 +360,73 @@ fn openai_backend_streams_from_a_compatible_server() {
     });
 }
 
+/// Stopped, the openai backend closes the upstream stream at once (this upstream would stall
+/// forever) and reports the usage the upstream sent with its chunks, as vLLM's
+/// `continuous_usage_stats` does.
+#[test]
+fn openai_backend_reports_usage_when_stopped() {
+    use pipehost::backend::{BackendEvent, BackendRequest, FinishReason, StopFlag};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    let (closed_tx, closed_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut line = String::new();
+        let mut len = 0;
+        while line != "\r\n" {
+            line.clear();
+            reader.read_line(&mut line).unwrap();
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap();
+            }
+        }
+        reader.read_exact(&mut vec![0; len]).unwrap();
+        let mut out = stream;
+        write!(out, "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n").unwrap();
+        for n in 1..=2 {
+            let chunk = serde_json::json!({"choices": [{"index": 0, "delta": {"content": "word "}, "finish_reason": null}],
+                "usage": {"prompt_tokens": 7, "completion_tokens": n}});
+            write!(out, "data: {chunk}\n\n").unwrap();
+            out.flush().unwrap();
+        }
+        // Stall until the client hangs up (the read returns 0 or fails).
+        while reader.read(&mut [0; 1024]).is_ok_and(|n| n > 0) {}
+        let _ = closed_tx.send(());
+    });
+    rt().block_on(async {
+        let backend = OpenAiBackend::new(OpenAiConfig {
+            base_url: url,
+            model: "m".into(),
+            api_key_env: None,
+            timeout_s: 5,
+        })
+        .unwrap();
+        let stop = StopFlag::default();
+        let request = BackendRequest { stop: stop.clone(), ..Default::default() };
+        let mut events = backend.generate(request).unwrap();
+        let mut deltas = 0;
+        let report = loop {
+            match tokio::time::timeout(Duration::from_secs(5), events.recv()).await.unwrap().unwrap() {
+                BackendEvent::Delta(_) => {
+                    deltas += 1;
+                    if deltas == 2 {
+                        stop.stop();
+                    }
+                }
+                BackendEvent::Done(r) => break r,
+                BackendEvent::Error(e) => panic!("{e}"),
+            }
+        };
+        assert_eq!(report.finish_reason, FinishReason::Cancelled);
+        assert_eq!((report.prompt_tokens, report.completion_tokens), (7, 2));
+        tokio::task::spawn_blocking(move || closed_rx.recv_timeout(Duration::from_secs(5)))
+            .await
+            .unwrap()
+            .expect("the upstream connection was not closed");
+    });
+}
+
 #[test]
 fn openai_backend_maps_upstream_errors() {
     let f = fixture(&[("p.yaml", &pipeline_yaml("  - plugin: dedupe\n"))]);
@@ -393,6 +505,16 @@ fn candle_roundtrip(model_dir: &Path) {
         assert_eq!(record.raw_text, whole.raw_text);
         assert!(record.usage.prompt_tokens > 0);
         assert!(record.backend.starts_with("candle:"));
+        // A plugin stop: the engine stops before its next token and still reports exact counts
+        // (the greedy answer is long enough for `max: 1` to stop it).
+        assert!(whole.raw_text.as_deref().is_some_and(|t| t.chars().count() > 3), "{:?}", whole.raw_text);
+        let stopping = pipeline_yaml("  - plugin: truncate\n    config: {max: 1, ellipsis: none}\n")
+            .replace("prompt:", "params: {temperature: 0, max_tokens: 12}\nprompt:");
+        let g = fixture(&[("q.yaml", &stopping)]);
+        let (_, stopped) = stream(&ex, &g, "q", request("Write a short poem about autumn.")).await.unwrap();
+        assert_eq!(stopped.finish_reason, "plugin_stop", "{:?}", stopped.raw_text);
+        assert_eq!(stopped.usage.prompt_tokens, whole.usage.prompt_tokens);
+        assert!((1..=12).contains(&stopped.usage.completion_tokens), "{:?}", stopped.usage);
         assert!(
             ["length", "eos", "stop"].contains(&record.finish_reason.as_str()),
             "{}",

@@ -113,8 +113,9 @@ async fn slowloris_is_cut_off_and_others_are_served() {
     Arc::into_inner(server).unwrap().stop().await.unwrap();
 }
 
-/// One huge header or too many headers: 431, the connection closed, the server unharmed.
-/// (hyper answers these itself, before any handler: the body is empty, not OpenAI-shaped.)
+/// One huge header or too many headers: 431 with the usual OpenAI-shaped error body (hyper
+/// answers these itself, before any handler; the server rewrites its empty answer), the
+/// connection closed, the server unharmed, the error counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn header_abuse_gets_431() {
     let _shared = MEMORY.read().await;
@@ -132,9 +133,16 @@ async fn header_abuse_gets_431() {
                 .await
                 .unwrap();
         assert!(answer.starts_with("HTTP/1.1 431"), "{what}: {answer:?}");
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+        assert!(head.to_ascii_lowercase().contains("content-type: application/json"), "{what}: {head}");
+        let e: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{what}: {e}: {body:?}"));
+        assert_eq!(e["error"]["code"], "headers_too_large", "{what}: {e}");
+        assert_eq!(e["error"]["type"], "invalid_request_error", "{what}: {e}");
         assert!(closed.is_some(), "{what}: the connection stayed open");
         assert_serving(&server).await;
     }
+    let metrics = server.metrics().await;
+    assert_eq!(metric_value(&metrics, "pipehost_request_errors_total{code=\"headers_too_large\"}"), 2.0);
     server.stop().await.unwrap();
 }
 
@@ -142,11 +150,11 @@ async fn header_abuse_gets_431() {
 // The model worker
 
 /// A model folder whose weights load but are all NaN: what a corrupted or overflowed
-/// checkpoint looks like. It is a genuine way to make generation panic, with no test hook in
-/// the engine: with top-k sampling on a vocabulary large enough for the chunked top-k search
-/// (k * 512 < vocab), NaN logits leave no candidate and the sampler indexes an empty list
-/// (`min_p` reads `probs[0]`). Greedy decoding (argmax) does not panic on NaN, so the same
-/// model then serves a healthy request. The fixture's tokenizer, a 16384-token vocabulary.
+/// checkpoint looks like. With top-k sampling on a vocabulary large enough for the chunked
+/// top-k search (k * 512 < vocab), NaN logits leave no candidate (this used to panic in the
+/// sampler: `min_p` read `probs[0]` of an empty list). Greedy decoding (argmax) has no
+/// distribution to break, so the same model then serves a request. The fixture's tokenizer, a
+/// 16384-token vocabulary.
 fn nan_model(dir: &std::path::Path) -> pipehost::model::Model {
     use pipehost::model::{DTypeChoice, RandomWeights, fixture, write_random_model};
     fixture::write_tokenizer(dir).unwrap();
@@ -157,10 +165,10 @@ fn nan_model(dir: &std::path::Path) -> pipehost::model::Model {
     pipehost::model::load(&spec).unwrap()
 }
 
-/// A panic inside generation fails that request with a clear error; the worker thread lives
-/// on and serves the next request.
+/// NaN logits fail that request with a specific error in the usual shape (not a panic); the
+/// worker serves the next request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn model_worker_panic_fails_one_request_and_the_next_succeeds() {
+async fn nan_logits_fail_one_request_with_a_specific_error_and_the_next_succeeds() {
     let _shared = MEMORY.read().await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_owned();
@@ -172,24 +180,25 @@ async fn model_worker_panic_fails_one_request_and_the_next_succeeds() {
     .unwrap();
     let server = start(Options { backend: Some(backend), ..plain_options() }).await;
     let path = "/v1/chat/completions";
-    let mut panicking = request("plain", "hello", false);
-    panicking["max_tokens"] = json!(4);
-    panicking["temperature"] = json!(1.0);
-    panicking["top_k"] = json!(20);
-    panicking["min_p"] = json!(0.1);
+    let mut sampling = request("plain", "hello", false);
+    sampling["max_tokens"] = json!(4);
+    sampling["temperature"] = json!(1.0);
+    sampling["top_k"] = json!(20);
+    sampling["min_p"] = json!(0.1);
     let mut greedy = request("plain", "hello", false);
     greedy["max_tokens"] = json!(4);
     greedy["temperature"] = json!(0);
     for round in 0..3 {
-        let e = expect_error(server.post_json(path, &panicking).await, 502).await;
+        let e = expect_error(server.post_json(path, &sampling).await, 502).await;
         let message = e["message"].as_str().unwrap();
-        assert!(message.contains("panicked"), "round {round}: {e}");
+        assert!(message.contains("NaN logits") && !message.contains("panicked"), "round {round}: {e}");
         assert_eq!(e["code"], "backend_failed", "{e}");
+        assert_eq!(e["type"], "server_error", "{e}");
         // Streaming: the error arrives as an event, then [DONE].
-        let mut body = panicking.clone();
+        let mut body = sampling.clone();
         body["stream"] = json!(true);
         let text = server.post_json(path, &body).await.text().await.unwrap();
-        assert!(text.contains("panicked"), "{text}");
+        assert!(text.contains("NaN logits") && !text.contains("panicked"), "{text}");
         assert_eq!(sse_data(&text).last().unwrap(), "[DONE]", "{text}");
         let response = server.post_json(path, &greedy).await;
         assert_eq!(response.status(), 200, "round {round}: the worker did not survive");
@@ -1183,6 +1192,50 @@ async fn slow_client_timeouts_are_cli_flags() {
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("request_timeout"), "{answer}");
+}
+
+/// Logs for machines: written to a file, text logs carry no colour codes; with
+/// `--log-format json` every line on stderr is one JSON object, the startup lines included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_are_plain_in_a_file_and_json_on_request() {
+    let _shared = MEMORY.read().await;
+    for format in ["text", "json"] {
+        let mut binary = tokio::task::spawn_blocking(move || {
+            Binary::start(
+                &[("plain.yaml", PLAIN.to_string())],
+                &["--log-format", format, "--no-watch"],
+                "info",
+            )
+        })
+        .await
+        .unwrap();
+        let response = reqwest::Client::new()
+            .post(binary.url("/v1/chat/completions"))
+            .body(request("plain", "hello", false).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        binary.signal("-TERM");
+        let (status, binary) =
+            tokio::task::spawn_blocking(move || (binary.wait(Duration::from_secs(10)), binary))
+                .await
+                .unwrap();
+        assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", binary.output());
+        let stderr = std::fs::read_to_string(binary.dir.path().join("stderr")).unwrap();
+        assert!(!stderr.contains('\x1b'), "{format}: colour codes in a file:\n{stderr}");
+        assert!(stderr.contains("shutting down"), "{format}: {stderr}");
+        assert!(stderr.contains("listening on"), "{format}: {stderr}");
+        if format == "json" {
+            for line in stderr.lines().filter(|l| !l.trim().is_empty()) {
+                let v: Value =
+                    serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+                assert!(v["level"].is_string() && v["message"].is_string(), "{line}");
+            }
+        } else {
+            assert!(stderr.lines().any(|l| l.contains(" INFO ") && l.contains("shutting down")), "{stderr}");
+        }
+    }
 }
 
 /// The default bind address, as the CLI parses it, is loopback.

@@ -11,9 +11,11 @@
 //!   database.
 //! - [`server`]: the HTTP server (OpenAI-compatible and native endpoints, SSE, metrics).
 //! - [`playground`]: the playground page's files, embedded; the server serves them at `/`.
-//! - [`cli`]: the command line.
+//! - [`cli`]: the command line (argument parsing and dispatch).
+//! - `bench`: the drivers of `pipehost bench` (crate-private).
 
 pub mod backend;
+mod bench;
 pub mod cli;
 pub mod experiment;
 pub mod model;

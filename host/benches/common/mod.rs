@@ -4,7 +4,7 @@ use std::time::Duration;
 
 /// Model-like output, Chinese and English, with the repetitions and stock phrases the
 /// post-processors exist for. The same text `pipehost bench http` serves.
-pub const PARAGRAPH: &str = include_str!("../../src/cli/bench_sample.txt");
+pub const PARAGRAPH: &str = include_str!("../../src/bench/sample.txt");
 
 /// The `q` quantile (0.5 = median) by nearest rank; sorts `samples`.
 pub fn percentile(samples: &mut [Duration], q: f64) -> Duration {

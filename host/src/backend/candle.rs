@@ -77,7 +77,10 @@ impl Backend for CandleBackend {
                 "`max_tokens` is {n}; the model's context is {context} tokens, prompt included"
             )));
         }
-        let mut stream = self.engine.try_submit(generate_request(&request)).map_err(map_error)?;
+        let mut stream = self
+            .engine
+            .try_submit_with_stop(generate_request(&request), request.stop.clone())
+            .map_err(map_error)?;
         let (tx, rx) = mpsc::channel(EVENT_BUFFER);
         std::thread::Builder::new()
             .name("pipehost-candle-bridge".into())

@@ -59,7 +59,8 @@ impl EchoBackend {
         Self { config, cancelled: Arc::new(AtomicUsize::new(0)) }
     }
 
-    /// How many requests ended because their receiver was dropped (for cancellation tests).
+    /// How many requests ended early: their receiver dropped, or stopped through their
+    /// `StopFlag` (for cancellation tests).
     pub fn cancelled_count(&self) -> usize {
         self.cancelled.load(Ordering::SeqCst)
     }
@@ -134,22 +135,33 @@ impl Backend for EchoBackend {
             return Ok(rx);
         }
         let cancelled = self.cancelled.clone();
+        let stop = request.stop.clone();
         let (tx, rx) = mpsc::channel(EVENT_BUFFER);
         std::thread::Builder::new()
             .name("pipehost-echo".into())
             .spawn(move || {
                 let started = Instant::now();
-                let completion_tokens = chunks.len();
+                let mut completion_tokens = 0;
+                let mut stopped = false;
                 for chunk in chunks {
                     if !delay.is_zero() {
                         std::thread::sleep(delay);
+                    }
+                    if stop.is_stopped() {
+                        stopped = true;
+                        break;
                     }
                     if tx.blocking_send(BackendEvent::Delta(chunk)).is_err() {
                         cancelled.fetch_add(1, Ordering::SeqCst);
                         return;
                     }
+                    completion_tokens += 1;
                 }
-                let report = report(completion_tokens, started.elapsed().as_secs_f64());
+                let mut report = report(completion_tokens, started.elapsed().as_secs_f64());
+                if stopped {
+                    report.finish_reason = FinishReason::Cancelled;
+                    cancelled.fetch_add(1, Ordering::SeqCst);
+                }
                 if tx.blocking_send(BackendEvent::Done(report)).is_err() {
                     cancelled.fetch_add(1, Ordering::SeqCst);
                 }

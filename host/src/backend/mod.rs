@@ -8,7 +8,9 @@
 //!   another pipehost), streaming over SSE.
 //!
 //! `generate` is synchronous and cheap (it queues work and returns a receiver) so it can be
-//! called from async code and from plain threads. Dropping the receiver cancels generation.
+//! called from async code and from plain threads. Dropping the receiver cancels generation;
+//! setting the request's [`StopFlag`] stops it too, but every backend then still sends `Done`
+//! with the tokens it counted (a post-processor that ends the output still gets exact usage).
 
 mod candle;
 mod echo;
@@ -23,6 +25,9 @@ use serde::{Deserialize, Serialize};
 pub use self::candle::CandleBackend;
 pub use self::echo::{EchoBackend, EchoConfig, EchoMode};
 pub use self::openai::{OpenAiBackend, OpenAiConfig};
+
+/// Stops a generation that must still report (see the module docs).
+pub use crate::model::StopFlag;
 
 /// One chat message (the prompt builder's output, the backend's input).
 pub use crate::plugin::Message as ChatMessage;
@@ -130,6 +135,9 @@ pub struct BackendRequest {
     pub request_id: String,
     pub messages: Vec<ChatMessage>,
     pub params: GenerationParams,
+    /// Set by the caller to end generation early; the backend stops before its next token and
+    /// sends `Done` with its counts (finish reason `cancelled` unless it had already finished).
+    pub stop: StopFlag,
 }
 
 /// What a backend streams back. `Done` or `Error` is the last event.

@@ -13,7 +13,9 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use super::sse::{SseDecoder, parse_chunk};
-use super::{Backend, BackendError, BackendEvent, BackendReport, BackendRequest, EVENT_BUFFER, FinishReason};
+use super::{
+    Backend, BackendError, BackendEvent, BackendReport, BackendRequest, EVENT_BUFFER, FinishReason, StopFlag,
+};
 
 /// Configuration of [`OpenAiBackend`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -116,9 +118,10 @@ impl Backend for OpenAiBackend {
         }
         let first_byte = Duration::from_secs(self.config.timeout_s.max(1));
         let (tx, rx) = mpsc::channel(EVENT_BUFFER);
+        let stop = request.stop.clone();
         handle.spawn(async move {
             let result = tokio::select! {
-                r = stream(http, first_byte, &tx) => r,
+                r = stream(http, first_byte, &tx, &stop) => r,
                 _ = tx.closed() => return,
             };
             let last = match result {
@@ -135,6 +138,7 @@ async fn stream(
     http: reqwest::RequestBuilder,
     first_byte: Duration,
     tx: &mpsc::Sender<BackendEvent>,
+    stop: &StopFlag,
 ) -> Result<BackendReport, BackendError> {
     let started = Instant::now();
     let mut response = tokio::time::timeout(first_byte, http.send())
@@ -159,10 +163,15 @@ async fn stream(
     let mut first_token_ms = None;
     let mut ended = false;
     while !ended {
-        let chunk = response
-            .chunk()
-            .await
-            .map_err(|e| BackendError::Unavailable(format!("upstream stream failed: {e}")))?;
+        // Stopped: close the upstream stream and report what it counted so far (its usage
+        // arrives only at the end unless it sends it with every chunk, as vLLM can).
+        let chunk = tokio::select! {
+            chunk = response.chunk() => chunk,
+            _ = stop.stopped() => {
+                return Ok(report(usage, deltas, Some(FinishReason::Cancelled), first_token_ms, started));
+            }
+        };
+        let chunk = chunk.map_err(|e| BackendError::Unavailable(format!("upstream stream failed: {e}")))?;
         match chunk {
             Some(bytes) => decoder.push(&bytes, &mut events)?,
             None => {

@@ -1,15 +1,15 @@
-//! `pipehost bench ...`: benchmarks (not timed tests). `bench model` measures the engine the
-//! way shared/reference/bench/pytorch_decode.py measures transformers, for side-by-side numbers;
-//! `bench http` and `bench reload` (own files) measure a served host from outside.
+//! `pipehost bench ...`: the flags of the benchmarks; the drivers are in `crate::bench`.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use anyhow::Result;
 use clap::{Args, Subcommand};
 
 use super::generate::ModelArgs;
-use crate::model::{self, GenerateRequest, Prompt, SamplingParams};
+use crate::bench::http::HttpOptions;
+use crate::bench::model::ModelOptions;
+use crate::bench::reload::ReloadOptions;
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
@@ -17,10 +17,10 @@ pub enum BenchCommand {
     Model(BenchModelArgs),
     /// The host's overhead over HTTP: a `pipehost serve` child under 1..N keep-alive clients,
     /// with and without post-processors (also `--stream`, `--model DIR`, `--reload-swaps N`).
-    Http(super::bench_http::BenchHttpArgs),
+    Http(BenchHttpArgs),
     /// Hot reload: time from a replaced .wasm (compile-cache miss, hit) or an edited pipeline
     /// file to the first answer of the new version.
-    Reload(super::bench_reload::BenchReloadArgs),
+    Reload(BenchReloadArgs),
 }
 
 #[derive(Debug, Args)]
@@ -41,100 +41,101 @@ pub struct BenchModelArgs {
     pub json: bool,
 }
 
-/// The same paragraph as pytorch_decode.py, so both engines see the same prompt ids.
-const TEXT: &str = "The history of the printing press is, in many ways, the history of modern thought itself. \
-Before Johannes Gutenberg introduced movable metal type in Mainz around 1450, books were copied \
-by hand, usually by monks working in cold scriptoria. A single Bible could take years. ";
+#[derive(Debug, Args)]
+pub struct BenchHttpArgs {
+    /// Concurrency levels (virtual clients, one connection each).
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+    pub concurrency: Vec<usize>,
+    /// Measured seconds per subject and level (split into --rounds alternating rounds).
+    #[arg(long, default_value_t = 6.0)]
+    pub duration: f64,
+    /// Rounds per level; subjects alternate round by round.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Warm-up seconds per subject before the first level.
+    #[arg(long, default_value_t = 1.0)]
+    pub warmup: f64,
+    /// Stream the answers (SSE) and also report the time to the first delta.
+    #[arg(long)]
+    pub stream: bool,
+    /// `echo`, or a local model folder for the candle backend (e.g. ../shared/reference/tiny-qwen3).
+    #[arg(long, value_name = "echo|DIR", default_value = "echo")]
+    pub model: String,
+    /// `max_tokens` of the benchmark pipelines with a model (echo sends 256 characters).
+    #[arg(long, default_value_t = 32)]
+    pub max_tokens: usize,
+    /// Only these subjects (healthz, bare, full), e.g. `--subjects full` for a load test.
+    #[arg(long, value_delimiter = ',', default_value = "healthz,bare,full")]
+    pub subjects: Vec<String>,
+    /// The server's `--max-queue`.
+    #[arg(long, default_value_t = 64)]
+    pub max_queue: usize,
+    /// Where the shipped plugins are [default: plugins/dist].
+    #[arg(long, value_name = "DIR")]
+    pub plugins: Option<PathBuf>,
+    /// Reload under load: while clients run, rewrite the pipeline file and swap a plugin this
+    /// many times (broken versions included); checks every answer comes from one whole version.
+    #[arg(long, value_name = "N")]
+    pub reload_swaps: Option<usize>,
+    /// Milliseconds between two swaps in the reload-under-load test.
+    #[arg(long, default_value_t = 200)]
+    pub swap_interval_ms: u64,
+    /// Pass the server's stderr through (it is discarded otherwise).
+    #[arg(long)]
+    pub server_log: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchReloadArgs {
+    /// Repetitions of each kind of change.
+    #[arg(long, default_value_t = 10)]
+    pub reps: usize,
+    /// Where the shipped plugins are [default: plugins/dist].
+    #[arg(long, value_name = "DIR")]
+    pub plugins: Option<PathBuf>,
+    /// Pass the server's stderr through.
+    #[arg(long)]
+    pub server_log: bool,
+}
+
+impl From<BenchHttpArgs> for HttpOptions {
+    fn from(a: BenchHttpArgs) -> Self {
+        HttpOptions {
+            concurrency: a.concurrency,
+            duration: a.duration,
+            rounds: a.rounds,
+            warmup: a.warmup,
+            stream: a.stream,
+            model: a.model,
+            max_tokens: a.max_tokens,
+            subjects: a.subjects,
+            max_queue: a.max_queue,
+            plugins: a.plugins,
+            reload_swaps: a.reload_swaps,
+            swap_interval_ms: a.swap_interval_ms,
+            server_log: a.server_log,
+        }
+    }
+}
+
+impl From<BenchReloadArgs> for ReloadOptions {
+    fn from(a: BenchReloadArgs) -> Self {
+        ReloadOptions { reps: a.reps, plugins: a.plugins, server_log: a.server_log }
+    }
+}
 
 pub fn run(cmd: BenchCommand) -> Result<ExitCode> {
     match cmd {
-        BenchCommand::Model(args) => bench_model(args),
-        BenchCommand::Http(args) => super::bench_http::run(args),
-        BenchCommand::Reload(args) => super::bench_reload::run(args),
-    }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
-}
-
-fn bench_model(args: BenchModelArgs) -> Result<ExitCode> {
-    if args.new_tokens < 2 || args.runs == 0 || args.prompt_tokens == 0 {
-        bail!("need --new-tokens >= 2, --runs >= 1 and --prompt-tokens >= 1");
-    }
-    let started = Instant::now();
-    let mut model = args.model.load()?;
-    let load_s = started.elapsed().as_secs_f64();
-    // Each repetition is over 50 tokens: enough for any --prompt-tokens (4K context runs too).
-    let ids = model.encode(&TEXT.repeat(args.prompt_tokens / 50 + 1))?;
-    if ids.len() < args.prompt_tokens {
-        bail!("the benchmark paragraph has only {} tokens", ids.len());
-    }
-    let mut request = GenerateRequest::new(Prompt::Ids(ids[..args.prompt_tokens].to_vec()));
-    request.sampling =
-        SamplingParams { temperature: Some(0.0), repetition_penalty: Some(1.0), ..Default::default() };
-    request.max_new_tokens = Some(args.new_tokens);
-    request.ignore_eos = true;
-
-    let mut prefill = Vec::new();
-    let mut decode = Vec::new();
-    for run in 0..=args.runs {
-        let report = model.generate(&request, &mut |_| true).context("benchmark run")?;
-        if report.completion_tokens != args.new_tokens {
-            bail!("generated {} tokens instead of {}", report.completion_tokens, args.new_tokens);
+        BenchCommand::Model(args) => {
+            let options = ModelOptions {
+                prompt_tokens: args.prompt_tokens,
+                new_tokens: args.new_tokens,
+                runs: args.runs,
+                json: args.json,
+            };
+            crate::bench::model::run(|| args.model.load(), &options)
         }
-        if run == 0 {
-            continue; // warm-up
-        }
-        eprintln!(
-            "run {run}: prefill {:.1} ms, decode {:.2} tokens/s",
-            report.prefill_ms, report.decode_tokens_per_s
-        );
-        prefill.push(report.prefill_ms);
-        decode.push(report.decode_tokens_per_s);
+        BenchCommand::Http(args) => crate::bench::http::run(args.into()),
+        BenchCommand::Reload(args) => crate::bench::reload::run(args.into()),
     }
-    let info = model.info();
-    let prefill_ms = median(prefill);
-    let decode_tps = median(decode);
-    if args.json {
-        let out = serde_json::json!({
-            "engine": format!("pipehost {} / candle 0.11", env!("CARGO_PKG_VERSION")),
-            "model": info.name,
-            "device": info.device,
-            "dtype": info.dtype,
-            "threads": model::cpu_threads(),
-            "params": info.parameters,
-            "load_s": (load_s * 1000.0).round() / 1000.0,
-            "prompt_tokens": args.prompt_tokens,
-            "new_tokens": args.new_tokens,
-            "runs": args.runs,
-            "prefill_ms": (prefill_ms * 100.0).round() / 100.0,
-            "prefill_tokens_per_s": (args.prompt_tokens as f64 / prefill_ms * 1e5).round() / 100.0,
-            "decode_tokens_per_s": (decode_tps * 1000.0).round() / 1000.0,
-            "decode_ms_per_token": (1000.0 / decode_tps * 100.0).round() / 100.0,
-        });
-        println!("{out}");
-    } else {
-        println!(
-            "model       {} ({} parameters, {} on {})",
-            info.name, info.parameters, info.dtype, info.device
-        );
-        println!("threads     {}", model::cpu_threads());
-        println!("load        {load_s:.2} s");
-        println!(
-            "prefill     {:.1} tokens/s ({} tokens in {prefill_ms:.1} ms, median of {})",
-            args.prompt_tokens as f64 / prefill_ms * 1000.0,
-            args.prompt_tokens,
-            args.runs
-        );
-        println!(
-            "decode      {decode_tps:.2} tokens/s ({:.1} ms/token, {} tokens, median of {})",
-            1000.0 / decode_tps,
-            args.new_tokens,
-            args.runs
-        );
-    }
-    Ok(ExitCode::SUCCESS)
 }

@@ -2,12 +2,11 @@
 //! arguments and turns errors into one-line messages and exit codes.
 
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
 mod bench;
-mod bench_http;
-mod bench_reload;
 mod check;
 mod dev;
 mod experiments;
@@ -22,9 +21,41 @@ mod serve;
 #[derive(Debug, Parser)]
 #[command(name = "pipehost", version, about, long_about = None, propagate_version = true)]
 struct Cli {
+    /// Log lines on stderr: `text` (coloured only on a terminal) or `json` (one object per
+    /// line, for log collectors; the startup lines become log events too). Levels come from
+    /// PIPEHOST_LOG (default `warn`).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "PIPEHOST_LOG_FORMAT")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Set once at startup with `--log-format json`.
+static JSON_LOGS: AtomicBool = AtomicBool::new(false);
+
+/// Whether stderr is for a log collector (`--log-format json`): see [`say!`].
+pub(crate) fn json_logs() -> bool {
+    JSON_LOGS.load(Ordering::Relaxed)
+}
+
+/// A line for the person who started the command (startup, shutdown) on stderr; with
+/// `--log-format json` an `info` log event instead, so stderr stays one JSON object per line.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        if $crate::cli::json_logs() {
+            tracing::info!($($arg)*);
+        } else {
+            eprintln!($($arg)*);
+        }
+    };
+}
+pub(crate) use say;
 
 #[derive(Debug, Subcommand)]
 enum Command {
@@ -56,8 +87,8 @@ enum Command {
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
-    init_logging();
     let cli = Cli::parse();
+    init_logging(cli.log_format);
     let result = match cli.command {
         Command::Plugin(cmd) => plugin::run(cmd),
         Command::Generate(args) => generate::run(args),
@@ -74,14 +105,29 @@ pub fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) => {
             // One line: the chain of causes, outermost first.
-            eprintln!("error: {err:#}");
+            if json_logs() {
+                tracing::error!("{err:#}");
+            } else {
+                eprintln!("error: {err:#}");
+            }
             ExitCode::FAILURE
         }
     }
 }
 
-fn init_logging() {
+fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("PIPEHOST_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        // Colour codes only help a person at a terminal; in a file or a pipe they are noise.
+        LogFormat::Text => logs
+            .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
+            .try_init(),
+        LogFormat::Json => {
+            JSON_LOGS.store(true, Ordering::Relaxed);
+            logs.json().flatten_event(true).with_current_span(false).try_init()
+        }
+    };
 }

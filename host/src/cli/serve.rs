@@ -12,6 +12,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 
+use super::say;
 use crate::backend::{self, Backend, CandleBackend, EchoBackend, EchoConfig, OpenAiBackend, OpenAiConfig};
 use crate::model::{self, DEFAULT_MODEL, DTypeChoice, DeviceChoice, Engine, ModelSpec};
 use crate::pipeline::{BackendNames, Executor, Registry};
@@ -193,14 +194,14 @@ async fn serve(args: ServeArgs) -> Result<()> {
         let store = tokio::task::spawn_blocking(move || crate::store::Store::open(&db, options))
             .await?
             .context("opening the request log (--db; `--db none` serves without one)")?;
-        eprintln!("pipehost: request log and feedback in {}", store.url().display());
+        say!("pipehost: request log and feedback in {}", store.url().display());
         state = state.with_store(store, args.log_bodies);
     }
     let auth = if api_key { " (API key required)" } else { "" };
-    eprintln!("pipehost: listening on http://{addr}{auth}  (POST /v1/chat/completions, GET /v1/models)");
-    eprintln!("pipehost: playground: open http://{addr}/ in a browser");
+    say!("pipehost: listening on http://{addr}{auth}  (POST /v1/chat/completions, GET /v1/models)");
+    say!("pipehost: playground: open http://{addr}/ in a browser");
     server::serve(listener, state, server::shutdown_signal()).await.context("serving HTTP")?;
-    eprintln!("pipehost: stopped");
+    say!("pipehost: stopped");
     Ok(())
 }
 
@@ -227,10 +228,10 @@ async fn build_backend(kind: BackendKind, args: &ServeArgs) -> Result<Arc<dyn Ba
             spec.dtype = args.dtype;
             let queue = args.max_queue as usize;
             let name = args.model.clone();
-            eprintln!("pipehost: loading {name} ...");
+            say!("pipehost: loading {name} ...");
             let engine = tokio::task::spawn_blocking(move || -> Result<Engine> {
                 let model = model::load(&spec).with_context(|| format!("loading {name}"))?;
-                eprintln!("{}", model.info());
+                say!("{}", model.info());
                 Ok(Engine::start(model, queue))
             })
             .await??;
@@ -245,18 +246,22 @@ fn print_banner(
     pipelines_dir: &std::path::Path,
     plugins_dir: &std::path::Path,
 ) {
-    eprintln!("pipehost: backend {backend}");
-    eprintln!("pipehost: pipelines from {}, plugins from {}", pipelines_dir.display(), plugins_dir.display());
+    say!("pipehost: backend {backend}");
+    say!("pipehost: pipelines from {}, plugins from {}", pipelines_dir.display(), plugins_dir.display());
     let pipelines = registry.list();
     if pipelines.is_empty() {
-        eprintln!("pipehost: no pipelines loaded");
+        say!("pipehost: no pipelines loaded");
     }
     for info in &pipelines {
         let stages: Vec<&str> = info.stages.iter().map(|s| s.plugin.as_str()).collect();
-        eprintln!("  {:<16} {} -> model -> [{}]", info.name, info.prompt.plugin, stages.join(", "));
+        say!("  {:<16} {} -> model -> [{}]", info.name, info.prompt.plugin, stages.join(", "));
     }
     for err in registry.errors() {
-        eprintln!("  load error: {err}");
+        if super::json_logs() {
+            tracing::warn!("load error: {err}");
+        } else {
+            eprintln!("  load error: {err}");
+        }
     }
 }
 
@@ -272,10 +277,14 @@ fn print_experiments(experiments: &crate::experiment::Experiments) {
         let e = &info.experiment;
         let variants: Vec<String> =
             e.variants.iter().map(|v| format!("{} ({}, weight {})", v.name, v.pipeline, v.weight)).collect();
-        eprintln!("  experiment {:<16} {}", e.name, variants.join(" | "));
+        say!("  experiment {:<16} {}", e.name, variants.join(" | "));
     }
     for err in experiments.errors() {
-        eprintln!("  experiment load error: {err}");
+        if super::json_logs() {
+            tracing::warn!("experiment load error: {err}");
+        } else {
+            eprintln!("  experiment load error: {err}");
+        }
     }
 }
 

@@ -49,8 +49,14 @@ pub enum ModelError {
     #[error("the model queue is full")]
     QueueFull,
 
-    /// Generation panicked (a bug, or weights that produce NaN); this request failed, the
-    /// engine serves the next one.
+    /// The logits to sample from were NaN (corrupted weights, a numerical overflow): there is
+    /// no distribution to draw from. This request failed; the engine serves the next one.
+    #[error(
+        "the model produced NaN logits (corrupted weights or a numerical overflow); nothing to sample from"
+    )]
+    NanLogits,
+
+    /// Generation panicked (a bug); this request failed, the engine serves the next one.
     #[error("the model panicked during generation: {0}")]
     Panicked(String),
 

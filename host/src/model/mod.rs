@@ -26,7 +26,7 @@ pub use generate::{FinishReason, GenerateRequest, Prompt, Report};
 pub use loader::{DEFAULT_MODEL, DTypeChoice, DeviceChoice, Model, ModelInfo, ModelSpec, load};
 pub use random_model::{Qwen3Shape, RandomWeights, qwen3_instruct_generation_config, write_random_model};
 pub use sampling::{DEFAULT_MAX_NEW_TOKENS, GenerationDefaults, SamplingParams};
-pub use worker::{Engine, Event, EventStream};
+pub use worker::{Engine, Event, EventStream, StopFlag};
 
 /// Incremental detokenization, exposed for tests and tools that stream text themselves.
 pub struct TextStream<'a>(detokenize::IncrementalDecoder<'a>);

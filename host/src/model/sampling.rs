@@ -361,6 +361,11 @@ impl Sampler {
             let all = logits.to_vec1::<f32>()?;
             all.into_iter().enumerate().map(|(i, v)| (i as u32, v)).collect()
         };
+        // NaN logits leave no distribution: the top-k search finds no candidate at or above a
+        // NaN threshold, and a softmax over NaN is NaN. (Greedy argmax still picks a token.)
+        if candidates.is_empty() || candidates.iter().any(|c| c.1.is_nan()) {
+            return Err(ModelError::NanLogits);
+        }
         Ok(sample_from(candidates, &self.params, &mut self.rng))
     }
 }
@@ -386,6 +391,9 @@ pub(crate) fn top_k_candidates(logits: &Tensor, k: usize) -> Result<Vec<Candidat
     };
     let grid = padded.reshape((chunks, CHUNK))?;
     let maxima = grid.max(D::Minus1)?.to_vec1::<f32>()?;
+    if maxima.iter().any(|m| m.is_nan()) {
+        return Err(ModelError::NanLogits);
+    }
     let mut sorted = maxima.clone();
     sorted.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
     let t = sorted[k - 1];
@@ -513,6 +521,27 @@ mod tests {
             sort_desc(&mut all);
             assert_eq!(got, all, "k={k}");
         }
+    }
+
+    #[test]
+    fn nan_logits_are_a_specific_error_not_a_panic() {
+        let vocab = 16384;
+        let all_nan = Tensor::new(vec![f32::NAN; vocab].as_slice(), &Device::Cpu).unwrap();
+        let mut one_nan: Vec<f32> = (0..vocab).map(|i| (i % 97) as f32 / 10.0).collect();
+        one_nan[vocab / 2] = f32::NAN;
+        let one_nan = Tensor::new(one_nan.as_slice(), &Device::Cpu).unwrap();
+        // The chunked top-k search (k * 512 < vocab), with min_p, and the whole-vocabulary path.
+        for (top_k, min_p) in [(20, 0.1), (20, 0.0), (0, 0.0)] {
+            let mut s = Sampler::new(params(1.0, top_k, 1.0, min_p), &[]);
+            assert!(matches!(s.sample(&all_nan), Err(ModelError::NanLogits)), "top_k {top_k}");
+        }
+        // The whole vocabulary is on the host: one NaN is seen. (The chunked search sees only the
+        // chunk maxima, which skip a NaN that is not first in its chunk; NaN from broken weights
+        // reaches every logit.)
+        let mut s = Sampler::new(params(1.0, 0, 1.0, 0.0), &[]);
+        assert!(matches!(s.sample(&one_nan), Err(ModelError::NanLogits)));
+        // Greedy has no distribution to break: argmax still answers.
+        assert!(Sampler::new(params(0.0, 20, 1.0, 0.0), &[]).sample(&all_nan).is_ok());
     }
 
     #[test]

@@ -3,12 +3,15 @@
 //!
 //! Both directions are tokio channels so async callers (the HTTP server) can `await` them,
 //! while the worker uses their blocking halves. Dropping an [`EventStream`] closes its channel;
-//! the worker notices before the next token and finishes the request as `Cancelled`.
+//! the worker notices before the next token and finishes the request as `Cancelled`. A
+//! [`StopFlag`] stops it the same way but keeps the channel open for its report (exact token
+//! counts), as a pipeline needs when a post-processor ends the output.
 
 use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use super::error::{ModelError, Result};
 use super::generate::{GenerateRequest, Report};
@@ -31,6 +34,36 @@ const EVENT_BUFFER: usize = 64;
 struct Job {
     request: GenerateRequest,
     events: mpsc::Sender<Event>,
+    stop: StopFlag,
+}
+
+/// Asks generation to stop and still report: set, the request ends as `Cancelled` before its
+/// next token and its `Done` report still arrives (dropping the receiver instead loses it).
+/// Cheap to clone; every clone is the same flag.
+#[derive(Debug, Clone)]
+pub struct StopFlag(Arc<watch::Sender<bool>>);
+
+impl Default for StopFlag {
+    fn default() -> Self {
+        Self(Arc::new(watch::channel(false).0))
+    }
+}
+
+impl StopFlag {
+    pub fn stop(&self) {
+        self.0.send_replace(true);
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Resolves once [`Self::stop`] was called (for async backends waiting on something else).
+    pub async fn stopped(&self) {
+        let mut rx = self.0.subscribe();
+        // The sender lives as long as `self`, so this only ends when the flag is set.
+        let _ = rx.wait_for(|stopped| *stopped).await;
+    }
 }
 
 /// Handle to the model thread. Cheap to share behind an `Arc`; dropping the last handle
@@ -62,28 +95,33 @@ impl Engine {
         self.jobs.as_ref().ok_or(ModelError::EngineStopped)
     }
 
-    fn job(request: GenerateRequest) -> (Job, EventStream) {
+    fn job(request: GenerateRequest, stop: StopFlag) -> (Job, EventStream) {
         let (tx, rx) = mpsc::channel(EVENT_BUFFER);
-        (Job { request, events: tx }, EventStream { rx })
+        (Job { request, events: tx, stop }, EventStream { rx })
     }
 
     /// Queue a request, waiting for room (async callers).
     pub async fn submit(&self, request: GenerateRequest) -> Result<EventStream> {
-        let (job, stream) = Self::job(request);
+        let (job, stream) = Self::job(request, StopFlag::default());
         self.sender()?.send(job).await.map_err(|_| ModelError::EngineStopped)?;
         Ok(stream)
     }
 
     /// Queue a request, waiting for room (plain threads; must not be called from async code).
     pub fn submit_blocking(&self, request: GenerateRequest) -> Result<EventStream> {
-        let (job, stream) = Self::job(request);
+        let (job, stream) = Self::job(request, StopFlag::default());
         self.sender()?.blocking_send(job).map_err(|_| ModelError::EngineStopped)?;
         Ok(stream)
     }
 
     /// Queue a request or fail at once with [`ModelError::QueueFull`].
     pub fn try_submit(&self, request: GenerateRequest) -> Result<EventStream> {
-        let (job, stream) = Self::job(request);
+        self.try_submit_with_stop(request, StopFlag::default())
+    }
+
+    /// [`Self::try_submit`], stoppable through `stop` (see [`StopFlag`]).
+    pub fn try_submit_with_stop(&self, request: GenerateRequest, stop: StopFlag) -> Result<EventStream> {
+        let (job, stream) = Self::job(request, stop);
         self.sender()?.try_send(job).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => ModelError::QueueFull,
             mpsc::error::TrySendError::Closed(_) => ModelError::EngineStopped,
@@ -103,18 +141,20 @@ impl Drop for Engine {
 }
 
 fn worker(mut model: Model, mut jobs: mpsc::Receiver<Job>) {
-    while let Some(Job { request, events }) = jobs.blocking_recv() {
+    while let Some(Job { request, events, stop }) = jobs.blocking_recv() {
         if events.is_closed() {
             continue; // cancelled while queued
         }
         let mut on_delta = |text: &str| {
-            if text.is_empty() {
+            if stop.is_stopped() {
+                false
+            } else if text.is_empty() {
                 !events.is_closed()
             } else {
                 events.blocking_send(Event::Delta(text.to_owned())).is_ok()
             }
         };
-        // A panic in generation (a bug, or weights that yield NaN) would end this thread and
+        // A panic in generation (a bug) would end this thread and
         // with it every later request. It fails this request instead. Unwind safety: the
         // model's only per-request state is the KV cache, which `generate` clears before it
         // starts, so the next request does not see what the panic left behind.

@@ -5,9 +5,10 @@
 //! - Streaming mode ([`Executor::run_stream`]) runs every stage's streaming interface on ONE
 //!   dedicated blocking thread per request: each backend delta is pushed through stage 1..n
 //!   (a stage's `emit` is the next stage's input) and non-empty output goes to the caller on a
-//!   bounded channel. A stage that returns `stop` ends generation (the backend receiver is
-//!   dropped, which cancels it) and the finish reason is `plugin_stop`; then every stage is
-//!   finished in order (stage i's finish output is pushed into stage i+1 before its finish).
+//!   bounded channel. A stage that returns `stop` ends generation (the request's
+//!   [`StopFlag`]: the backend stops before its next token and still reports its token counts)
+//!   and the finish reason is `plugin_stop`; then every stage is finished in order (stage i's
+//!   finish output is pushed into stage i+1 before its finish), and the backend's report read.
 //!   Dropping the caller's receiver cancels everything.
 //!
 //! Plugin calls block (see [`crate::plugin`]), so they never run on a tokio worker thread.
@@ -29,6 +30,7 @@ use super::load::Pipeline;
 use super::spec::OnError;
 use crate::backend::{
     Backend, BackendError, BackendEvent, BackendReport, BackendRequest, ChatMessage, GenerationParams,
+    StopFlag,
 };
 use crate::plugin::{CallContext, Cause, PluginError, PluginStream};
 
@@ -112,8 +114,8 @@ pub struct RunRecord {
     pub messages: Option<Vec<ChatMessage>>,
     /// `length`, `stop`, `eos`, `cancelled` or `plugin_stop`.
     pub finish_reason: String,
-    /// With `plugin_stop`, generation was cancelled before the backend reported its counts:
-    /// `completion_tokens` then counts the deltas received and `prompt_tokens` is 0.
+    /// The backend's counts; with `plugin_stop`, of what it generated until it stopped
+    /// (including tokens generated after the stop point, before it noticed).
     pub usage: Usage,
     /// The prompt stage first (`prompt`), then each post-processor.
     pub stages: Vec<StageReport>,
@@ -250,6 +252,8 @@ pub struct Executor {
 struct Started {
     backend: Arc<dyn Backend>,
     events: mpsc::Receiver<BackendEvent>,
+    /// Ends generation early but keeps its report (a plugin stop).
+    stop: StopFlag,
     prompt_report: StageReport,
     prompt_ms: f64,
     generation_start: Instant,
@@ -325,10 +329,16 @@ impl Executor {
         let prompt_ms = ms(started);
         let generation_start = Instant::now();
         let traced = request.trace.then(|| messages.clone());
+        let stop = StopFlag::default();
         let events = backend
-            .generate(BackendRequest { request_id: request.request_id.clone(), messages, params })
+            .generate(BackendRequest {
+                request_id: request.request_id.clone(),
+                messages,
+                params,
+                stop: stop.clone(),
+            })
             .map_err(backend_error)?;
-        Ok(Started { backend, events, prompt_report, prompt_ms, generation_start, messages: traced })
+        Ok(Started { backend, events, stop, prompt_report, prompt_ms, generation_start, messages: traced })
     }
 
     /// Whole-text mode: prompt builder → backend (collected) → every stage's `process`.
@@ -658,6 +668,23 @@ fn send(tx: &mpsc::Sender<RunEvent>, ev: RunEvent) -> Flow {
     }
 }
 
+/// After a plugin stop: the backend's own report (it stops before its next token and still
+/// counts what it generated), skipping the text it sent meanwhile. None if it failed instead,
+/// or the client left while waiting.
+fn report_after_stop(
+    events: &mut mpsc::Receiver<BackendEvent>,
+    tx: &mpsc::Sender<RunEvent>,
+) -> Option<BackendReport> {
+    while !tx.is_closed() {
+        match events.blocking_recv()? {
+            BackendEvent::Delta(_) => {}
+            BackendEvent::Done(r) => return Some(r),
+            BackendEvent::Error(_) => return None,
+        }
+    }
+    None
+}
+
 /// The streaming run's thread.
 fn stream_worker(
     pipeline: Arc<Pipeline>,
@@ -666,7 +693,7 @@ fn stream_worker(
     run_start: Instant,
     tx: mpsc::Sender<RunEvent>,
 ) {
-    let Started { backend, mut events, prompt_report, prompt_ms, generation_start, messages } = s;
+    let Started { backend, mut events, stop, prompt_report, prompt_ms, generation_start, messages } = s;
     let p = &*pipeline;
     let stages = match Chain::open(p, &request.request_id, request.trace) {
         Ok(s) => s,
@@ -725,8 +752,11 @@ fn stream_worker(
             }
         }
     };
-    // Stop generating now (a plugin stop), before finishing the stages.
-    drop(events);
+    // Stop generating now (a plugin stop), before finishing the stages; the backend's report
+    // (exact token counts) is read after them.
+    if report.is_none() {
+        stop.stop();
+    }
     let generation_ms = ms(generation_start);
     match chain.finish() {
         Ok(rest) => {
@@ -742,12 +772,17 @@ fn stream_worker(
             return;
         }
     }
-    let (finish_reason, usage) = match &report {
-        Some(r) => (r.finish_reason.as_str().to_owned(), usage(r)),
-        None => (
-            if plugin_stop { "plugin_stop" } else { "cancelled" }.to_owned(),
-            Usage { prompt_tokens: 0, completion_tokens: deltas, total_tokens: deltas },
-        ),
+    let report = report.or_else(|| report_after_stop(&mut events, &tx));
+    drop(events);
+    let finish_reason = match &report {
+        _ if plugin_stop => "plugin_stop".to_owned(),
+        Some(r) => r.finish_reason.as_str().to_owned(),
+        None => "cancelled".to_owned(),
+    };
+    let usage = match &report {
+        Some(r) => usage(r),
+        // A backend that failed after the stop: the deltas read are all there is to count.
+        None => Usage { prompt_tokens: 0, completion_tokens: deltas, total_tokens: deltas },
     };
     let mut stages = vec![prompt_report];
     stages.extend(chain.reports());

@@ -11,6 +11,7 @@
 //!
 //! Endpoints, error codes and metrics are documented in docs/server.md.
 
+mod conn;
 mod error;
 mod experiments;
 mod extract;
@@ -319,6 +320,8 @@ pub async fn serve(
         let mut phase_rx = state.0.phase.subscribe();
         let open = open_rx.clone();
         let header_read_timeout = state.config().header_read_timeout;
+        // hyper's own 431 gets an OpenAI-shaped body on its way out (see conn.rs).
+        let stream = conn::Connection::new(stream, state.clone());
         tokio::spawn(async move {
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder.timer(TokioTimer::new()).header_read_timeout(header_read_timeout);

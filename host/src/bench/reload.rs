@@ -1,4 +1,4 @@
-//! Hot reload, measured on a real `pipehost serve` child (see `bench_http.rs` for the child and
+//! Hot reload, measured on a real `pipehost serve` child (see `http.rs` for the child and
 //! the client):
 //!
 //! - `pipehost bench reload`: the time from a file being replaced (an atomic rename) to the
@@ -20,26 +20,23 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use clap::Args;
 use sha2::{Digest, Sha256};
 
-use super::bench_http::{
-    Answer, BenchHttpArgs, Check, Outcome, ServerChild, Stats, Target, chat_body, client, drive, fmt_us,
+use super::http::{
+    Answer, Check, HttpOptions, Outcome, ServerChild, Stats, Target, chat_body, client, drive, fmt_us,
     percentile, request, sample_text,
 };
 use crate::pipeline::{DEBOUNCE, Executor, Registry, RunRequest};
 use crate::plugin::{PluginRuntime, RuntimeConfig, default_plugins_dir};
 
-#[derive(Debug, Args)]
-pub struct BenchReloadArgs {
+/// What `pipehost bench reload` runs (its flags, parsed in `cli/bench.rs`).
+#[derive(Debug, Clone)]
+pub struct ReloadOptions {
     /// Repetitions of each kind of change.
-    #[arg(long, default_value_t = 10)]
     pub reps: usize,
     /// Where the shipped plugins are [default: plugins/dist].
-    #[arg(long, value_name = "DIR")]
     pub plugins: Option<PathBuf>,
     /// Pass the server's stderr through.
-    #[arg(long)]
     pub server_log: bool,
 }
 
@@ -106,7 +103,7 @@ fn write_split(path: &Path, bytes: &[u8], gap: Duration) -> Result<()> {
 /// The latest answer the poller saw: (pipeline sha256, swap plugin sha256, when it arrived).
 type Seen = (String, String, Instant);
 
-pub fn run(args: BenchReloadArgs) -> Result<ExitCode> {
+pub fn run(args: ReloadOptions) -> Result<ExitCode> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(bench_reload(args))
@@ -119,7 +116,7 @@ fn timing_yaml(edit: &str) -> String {
     )
 }
 
-async fn bench_reload(args: BenchReloadArgs) -> Result<ExitCode> {
+async fn bench_reload(args: ReloadOptions) -> Result<ExitCode> {
     if args.reps == 0 {
         bail!("need --reps >= 1");
     }
@@ -337,7 +334,7 @@ async fn expected_answers(
     Ok(out)
 }
 
-pub(crate) async fn reload_under_load(args: &BenchHttpArgs, swaps: usize) -> Result<ExitCode> {
+pub(crate) async fn reload_under_load(args: &HttpOptions, swaps: usize) -> Result<ExitCode> {
     let clients_n = *args.concurrency.iter().max().unwrap_or(&16);
     let source = args.plugins.clone().unwrap_or_else(default_plugins_dir);
     // Two valid components under one name whose answers differ on the input below.

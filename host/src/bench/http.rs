@@ -13,7 +13,7 @@
 //! depend on what else runs. The server's peak RSS is read per level (VmHWM, reset with
 //! /proc/PID/clear_refs before each level).
 //!
-//! `--reload-swaps N` turns it into the reload-under-load test (see `bench_reload.rs`).
+//! `--reload-swaps N` turns it into the reload-under-load test (see `reload.rs`).
 
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
@@ -24,65 +24,52 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use clap::Args;
 use serde_json::{Value, json};
 
 use crate::plugin::default_plugins_dir;
 
-#[derive(Debug, Args)]
-pub struct BenchHttpArgs {
+/// What `pipehost bench http` runs (its flags, parsed in `cli/bench.rs`).
+#[derive(Debug, Clone)]
+pub struct HttpOptions {
     /// Concurrency levels (virtual clients, one connection each).
-    #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
     pub concurrency: Vec<usize>,
     /// Measured seconds per subject and level (split into --rounds alternating rounds).
-    #[arg(long, default_value_t = 6.0)]
     pub duration: f64,
     /// Rounds per level; subjects alternate round by round.
-    #[arg(long, default_value_t = 3)]
     pub rounds: usize,
     /// Warm-up seconds per subject before the first level.
-    #[arg(long, default_value_t = 1.0)]
     pub warmup: f64,
     /// Stream the answers (SSE) and also report the time to the first delta.
-    #[arg(long)]
     pub stream: bool,
     /// `echo`, or a local model folder for the candle backend (e.g. ../shared/reference/tiny-qwen3).
-    #[arg(long, value_name = "echo|DIR", default_value = "echo")]
     pub model: String,
     /// `max_tokens` of the benchmark pipelines with a model (echo sends 256 characters).
-    #[arg(long, default_value_t = 32)]
     pub max_tokens: usize,
     /// Only these subjects (healthz, bare, full), e.g. `--subjects full` for a load test.
-    #[arg(long, value_delimiter = ',', default_value = "healthz,bare,full")]
     pub subjects: Vec<String>,
     /// The server's `--max-queue`.
-    #[arg(long, default_value_t = 64)]
     pub max_queue: usize,
     /// Where the shipped plugins are [default: plugins/dist].
-    #[arg(long, value_name = "DIR")]
     pub plugins: Option<PathBuf>,
     /// Reload under load: while clients run, rewrite the pipeline file and swap a plugin this
     /// many times (broken versions included); checks every answer comes from one whole version.
-    #[arg(long, value_name = "N")]
     pub reload_swaps: Option<usize>,
     /// Milliseconds between two swaps in the reload-under-load test.
-    #[arg(long, default_value_t = 200)]
     pub swap_interval_ms: u64,
     /// Pass the server's stderr through (it is discarded otherwise).
-    #[arg(long)]
     pub server_log: bool,
 }
 
 /// The echo backend's answer: model-like Chinese and English with the repetitions and stock
 /// phrases the post-processors exist for; [`sample_text`] cuts it to 256 characters.
-const PARAGRAPH: &str = include_str!("bench_sample.txt");
+const PARAGRAPH: &str = include_str!("sample.txt");
 
 /// `chars` characters of [`PARAGRAPH`], repeated as needed.
 pub(crate) fn sample_text(chars: usize) -> String {
     PARAGRAPH.chars().cycle().take(chars).collect()
 }
 
-pub fn run(args: BenchHttpArgs) -> Result<ExitCode> {
+pub fn run(args: HttpOptions) -> Result<ExitCode> {
     // reqwest is built without a crypto provider and insists on one even for plain HTTP.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -91,7 +78,7 @@ pub fn run(args: BenchHttpArgs) -> Result<ExitCode> {
         .build()
         .context("starting the client runtime")?;
     if let Some(swaps) = args.reload_swaps {
-        return rt.block_on(super::bench_reload::reload_under_load(&args, swaps));
+        return rt.block_on(super::reload::reload_under_load(&args, swaps));
     }
     rt.block_on(bench_http(args))
 }
@@ -529,7 +516,7 @@ fn write_pipelines(dir: &Path, model: bool, max_tokens: usize) -> Result<()> {
     Ok(())
 }
 
-async fn bench_http(args: BenchHttpArgs) -> Result<ExitCode> {
+async fn bench_http(args: HttpOptions) -> Result<ExitCode> {
     if args.rounds == 0 || args.duration <= 0.0 || args.concurrency.contains(&0) {
         bail!("need --rounds >= 1, --duration > 0 and concurrency levels >= 1");
     }
