@@ -293,9 +293,12 @@ impl Streamer for TruncateStream {
         if self.stopped.is_some() {
             return Ok(ChunkOutput { emit: String::new(), stop: true });
         }
-        // After a line cut the kept text is complete, so its last grapheme is too.
+        // After a line cut the kept text is complete, so its last grapheme is too; so it is
+        // when the line limit holds text back, since that starts with a line break, which
+        // always begins a new grapheme cluster.
         let line_cut = self.feed(chunk);
-        if let Some(cut) = self.scan(line_cut) {
+        let complete = line_cut || !self.held.is_empty();
+        if let Some(cut) = self.scan(complete) {
             self.stopped = Some(cut.ellipsis);
             return Ok(ChunkOutput { emit: self.take(cut.kept), stop: true });
         }
