@@ -91,7 +91,7 @@ impl PendingLog {
             })
             .collect();
         let mut detail = json!({
-            "source": match source { "chatcmpl" => "chat", "run" => "native", other => other },
+            "source": match source { "chatcmpl" => "chat", "run" => "native", "pg" => "playground", other => other },
             "stream": self.stream,
             "backend": record.backend,
             "params": self.params,

@@ -493,4 +493,50 @@ mod tests {
         let pg = DbUrl::parse("postgres://me:sekret@127.0.0.1:5432/db").unwrap();
         assert_eq!(pg.display(), "postgres://me@127.0.0.1:5432/db");
     }
+
+    fn row(id: &str, age_days: i64) -> ResponseRow {
+        ResponseRow {
+            id: id.into(),
+            created_ms: now_ms() - age_days * 86_400_000,
+            pipeline: "poem".into(),
+            pipeline_sha256: "x".into(),
+            experiment: None,
+            variant: None,
+            user: None,
+            finish_reason: "eos".into(),
+            latency_ms: 1.0,
+            ttft_ms: 0.5,
+            prompt_tokens: 1,
+            completion_tokens: 1,
+            raw_text: Some("a".into()),
+            text: Some("a".into()),
+            detail: serde_json::json!({}),
+        }
+    }
+
+    #[test]
+    fn retention_deletes_old_records_and_their_feedback_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = DbUrl::Sqlite(dir.path().join("t.db"));
+        let store = Store::open(&url, StoreOptions::default()).unwrap();
+        assert!(store.log(row("old", 3)) && store.log(row("new", 0)));
+        store.flush(Duration::from_secs(10));
+        for id in ["old", "new"] {
+            let f = Feedback {
+                response_id: id.into(),
+                name: "thumbs".into(),
+                value: 1.0,
+                comment: None,
+                created_ms: 0,
+            };
+            store.put_feedback(&f).unwrap();
+        }
+        assert_eq!(store.stats().written, 2);
+        drop(store);
+        let store = Store::open(&url, StoreOptions { retention_days: Some(2) }).unwrap();
+        assert!(!store.exists("old").unwrap());
+        assert!(store.exists("new").unwrap());
+        assert_eq!(store.with(|db| db.feedback_of("old")).unwrap().0.len(), 0);
+        assert_eq!(store.with(|db| db.feedback_of("new")).unwrap().0.len(), 1);
+    }
 }
