@@ -21,11 +21,11 @@ pub struct ApiError {
     pub param: Option<String>,
     /// A stable machine-readable code (also the `cause` label of the error metric).
     pub code: String,
-    /// Seconds, for 429 and 503.
-    pub retry_after: Option<u64>,
+    /// Seconds, for 429 and 503 (u32: keeps the error small enough to return by value).
+    pub retry_after: Option<u32>,
     /// Located problems of a pipeline text (`[{file, line, column, message}]`), so a page can
     /// show each beside its field; OpenAI clients ignore the extra member.
-    pub errors: Option<Vec<LoadError>>,
+    pub errors: Option<Box<[LoadError]>>,
 }
 
 #[derive(Serialize)]
@@ -91,11 +91,11 @@ impl ApiError {
     pub fn invalid_pipeline(errors: Vec<LoadError>) -> Self {
         let message = errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ");
         let mut err = Self::bad_request("invalid_pipeline", message).with_param("yaml");
-        err.errors = Some(errors);
+        err.errors = Some(errors.into_boxed_slice());
         err
     }
 
-    pub fn busy(message: impl Into<String>, retry_after: u64) -> Self {
+    pub fn busy(message: impl Into<String>, retry_after: u32) -> Self {
         let mut err = Self::new(StatusCode::TOO_MANY_REQUESTS, "server_busy", message);
         err.retry_after = Some(retry_after);
         err
@@ -116,7 +116,7 @@ impl ApiError {
     }
 
     /// Maps a pipeline failure; `retry_after` is used for 429/503.
-    pub fn from_pipeline(err: &PipelineError, retry_after: u64) -> Self {
+    pub fn from_pipeline(err: &PipelineError, retry_after: u32) -> Self {
         let status = StatusCode::from_u16(err.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut api = ApiError::new(status, err.code(), err.to_string());
         match err {

@@ -69,7 +69,7 @@ pub struct ServerConfig {
     /// Most generation requests admitted at once (running or waiting); more get 429.
     pub max_queue: usize,
     /// `Retry-After` seconds on 429 and 503.
-    pub retry_after_secs: u64,
+    pub retry_after_secs: u32,
     /// After a shutdown signal, how long in-flight requests may take before being cut.
     pub drain: Duration,
     /// A streaming client that reads nothing for this long has its generation cancelled.
