@@ -16,4 +16,15 @@ if { [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; } && [ "$(id 
 fi
 
 scripts/build-plugins.sh
+
+# Plugins in other languages: their logic natively (pytest from the venv build-plugins.sh made).
+target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+for manifest in plugins/*/pyproject.toml; do
+    dir=$(dirname "$manifest")
+    if grep -q '^\[tool\.pipehost\]' "$manifest" && [ -d "$dir/tests" ]; then
+        echo "pytest: $dir"
+        (cd "$dir" && "$target_dir/py/venv/bin/python" -m pytest -q -p no:cacheprovider)
+    fi
+done
+
 cargo test --workspace --no-fail-fast "$@"

@@ -44,9 +44,10 @@ pub struct RunArgs {
     /// Deadline per call in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = Limits::default().time_ms)]
     time_ms: u64,
-    /// Linear-memory cap in MiB.
-    #[arg(long, value_name = "MIB", default_value_t = Limits::default().memory_bytes >> 20)]
-    memory_mib: usize,
+    /// Linear-memory cap in MiB [default: the plugin language's, 64 for Rust, 128 for Python
+    /// and JavaScript].
+    #[arg(long, value_name = "MIB")]
+    memory_mib: Option<usize>,
     /// Don't read or write the compiled-component cache.
     #[arg(long)]
     no_cache: bool,
@@ -72,8 +73,6 @@ pub fn run(cmd: PluginCommand) -> anyhow::Result<ExitCode> {
 }
 
 fn run_plugin(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let limits = Limits { time_ms: args.time_ms, memory_bytes: args.memory_mib << 20, ..Limits::default() };
-    limits.check().map_err(anyhow::Error::msg)?;
     let (name, path) = locate(&args.plugin, args.plugins.as_deref())?;
     let mut config = RuntimeConfig::default();
     if args.no_cache {
@@ -81,6 +80,13 @@ fn run_plugin(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     let runtime = PluginRuntime::new(&config)?;
     let plugin = runtime.load_post_processor(&name, &path)?;
+    let defaults = plugin.meta().language.default_limits();
+    let limits = Limits {
+        time_ms: args.time_ms,
+        memory_bytes: args.memory_mib.map_or(defaults.memory_bytes, |m| m << 20),
+        ..defaults
+    };
+    limits.check().map_err(anyhow::Error::msg)?;
     let input = match args.input {
         Some(text) => text,
         None => read_stdin()?,
