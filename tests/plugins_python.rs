@@ -243,3 +243,44 @@ fn python_stream_stop_comes_through() {
     assert_eq!((out.emit.as_str(), out.stop), ("abc", true));
     assert_eq!(stream.finish().unwrap(), "");
 }
+
+fn pipehost(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_pipehost"))
+        .args(args)
+        .env("PIPEHOST_CACHE_DIR", test_cache_dir())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn cli_scaffolds_a_python_plugin_that_builds_and_passes_its_tests() {
+    use std::process::Command;
+    if std::env::var_os("PIPEHOST_SKIP_SCAFFOLD_BUILD").is_some() {
+        eprintln!("skipped: PIPEHOST_SKIP_SCAFFOLD_BUILD is set");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("shout_py");
+    let out = pipehost(&["plugin", "new", "shout_py", "--lang", "python", "--dir", dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Its own tests pass as generated, natively.
+    let python = support::repo_root().join("target/py/venv/bin/python");
+    let status = Command::new(&python).args(["-m", "pytest", "-q", "-p", "no:cacheprovider"]).current_dir(&dir).status().unwrap();
+    assert!(status.success(), "pytest failed in the scaffolded plugin");
+    // The build script builds a folder given by path into FOLDER/NAME.wasm.
+    let status = Command::new(support::repo_root().join("scripts/build-plugins.sh")).arg(&dir).status().unwrap();
+    assert!(status.success(), "scripts/build-plugins.sh failed on the scaffolded plugin");
+    let wasm = dir.join("shout_py.wasm");
+    // --time-ms: a debug binary on a busy machine; the deadline itself is tested above.
+    for extra in [&[][..], &["--stream-chunk", "1"][..]] {
+        let mut args = vec!["plugin", "run", wasm.to_str().unwrap(), "--time-ms", "5000"];
+        args.extend_from_slice(&["--config", r#"{"prefix":"» "}"#, "--input", "hi"]);
+        args.extend_from_slice(extra);
+        let out = pipehost(&args);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(String::from_utf8(out.stdout).unwrap(), "» hi");
+    }
+    let out = pipehost(&["plugin", "run", wasm.to_str().unwrap(), "--time-ms", "5000", "--config", r#"{"prefx":""}"#, "--input", "hi"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("prefx"));
+}

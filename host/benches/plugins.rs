@@ -58,6 +58,45 @@ fn main() {
         &ctx,
         &limits,
     );
+
+    // Other languages: the fixed cost (the evil guests' echo mode on 1 byte: a fresh instance
+    // of the language runtime's snapshot, config parsing, one call) and a 4 KB call of the
+    // shipped plugin, next to the Rust rows above (`empty`; `tone` does the same kind of
+    // phrase rewriting as `cliche`). No native column: the logic is not Rust.
+    println!();
+    println!("| plugin | language | input | wasm median | wasm p99 | load (compile or cache) |");
+    println!("|---|---|---|---|---|---|");
+    let mut extra: Vec<(String, String, std::path::PathBuf, &str)> = vec![
+        ("evil-py (fixed cost)".into(), "python".into(), support::component("evil-py"), r#"{"mode":"ok"}"#),
+        ("evil-js (fixed cost)".into(), "javascript".into(), support::component("evil-js"), r#"{"mode":"ok"}"#),
+        ("cliche".into(), "python".into(), support::component("cliche"), "{}"),
+        ("plaintext".into(), "javascript".into(), support::component("plaintext"), "{}"),
+    ];
+    // More components to compare, e.g. another JS engine's build of a plugin:
+    // PIPEHOST_BENCH_EXTRA="plaintext-sm=/path/plaintext-sm.wasm" (4 KB call with `{}`).
+    if let Ok(list) = std::env::var("PIPEHOST_BENCH_EXTRA") {
+        for item in list.split(',').filter(|s| !s.is_empty()) {
+            let (name, path) = item.split_once('=').expect("NAME=PATH");
+            extra.push((name.into(), "extra".into(), path.into(), "{}"));
+        }
+    }
+    for (name, language, path, config) in extra {
+        let started = Instant::now();
+        let plugin = runtime.load_post_processor(&name, &path).unwrap();
+        let load = started.elapsed();
+        let limits = plugin.meta().language.default_limits();
+        let limits = Limits { time_ms: 10_000, ..limits };
+        let text = if name.contains("fixed cost") { "x".to_string() } else { sample_text(4 << 10) };
+        let (wasm, _) = measure(|| plugin.process(&text, &ctx, config, &limits).unwrap(), String::new);
+        println!(
+            "| {name} | {language} | {} | {} | {} | {} ({:?}) |",
+            if text.len() == 1 { "1 B".to_string() } else { format!("{} KB", text.len() >> 10) },
+            us(median(&wasm)),
+            us(p99(&wasm)),
+            us(load),
+            plugin.meta().outcome,
+        );
+    }
 }
 
 fn bench<P: Logic>(plugin: PostProcessor, config: &str, ctx: &CallContext, limits: &Limits) {

@@ -49,7 +49,7 @@ impl Language {
     }
 
     /// The limits a stage gets when its pipeline sets none. Only memory differs: a language
-    /// runtime's own heap counts against the cap. CPython (componentize-py) starts at ~17 MiB
+    /// runtime's own heap counts against the cap. CPython (componentize-py) starts at ~14-16 MiB
     /// of linear memory and a 1 MiB text costs it several copies (str, UTF-8 bytes, the
     /// result), so it gets 128 MiB where Rust's 64 MiB is plenty. See docs/plugins.md.
     pub fn default_limits(self) -> Limits {
