@@ -8,7 +8,9 @@ mod support;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use pipehost::plugin::{CallContext, Cause, Language, Limits, PluginError, PluginRuntime, PostProcessor, RuntimeConfig};
+use pipehost::plugin::{
+    CallContext, Cause, Language, Limits, PluginError, PluginRuntime, PostProcessor, RuntimeConfig,
+};
 use support::{capture_logs, component, test_cache_dir};
 
 fn runtime() -> &'static PluginRuntime {
@@ -94,7 +96,10 @@ fn plaintext_stream_equals_whole_for_generated_texts_and_chunkings() {
 #[test]
 fn plaintext_config_errors_name_the_field() {
     let err = plaintext().validate_config(r#"{"heading":true}"#, &ctx(), &limits()).unwrap_err();
-    assert!(matches!(err.cause, Cause::InvalidConfig(ref m) if m.starts_with("heading: unknown field")), "{err}");
+    assert!(
+        matches!(err.cause, Cause::InvalidConfig(ref m) if m.starts_with("heading: unknown field")),
+        "{err}"
+    );
     let err = plaintext().process("x", &ctx(), r#"{"emphasis":"yes"}"#, &limits()).unwrap_err();
     assert_eq!(err.cause, Cause::InvalidConfig("emphasis: expected a boolean, got a string".into()));
     plaintext().validate_config("{}", &ctx(), &limits()).unwrap();
@@ -161,7 +166,10 @@ fn js_errors_keep_their_kind_and_exceptions_become_internal() {
         Cause::Internal(m) => assert!(m.starts_with("TypeError: "), "{m}"),
         other => panic!("expected internal, got {other:?}"),
     }
-    assert!(logs.contains("uncaught") && logs.contains("plugin=evil-js"), "the stack goes to the log:\n{logs}");
+    assert!(
+        logs.contains("uncaught") && logs.contains("plugin=evil-js"),
+        "the stack goes to the log:\n{logs}"
+    );
     let err = evil().validate_config(r#"{"mode":"ok","colour":1}"#, &ctx(), &limits()).unwrap_err();
     assert!(matches!(err.cause, Cause::InvalidConfig(ref m) if m.contains("colour")), "{err}");
     assert_healthy();
@@ -172,12 +180,20 @@ fn js_console_and_log_reach_the_host_log() {
     let (out, logs) = capture_logs(|| run(r#"{"mode":"stdout"}"#, "marker-js"));
     assert_eq!(out.unwrap(), "marker-js");
     // QuickJS has no console of its own: the SDK's writes to the host log.
-    assert!(logs.lines().any(|l| l.contains(" INFO") && l.contains("to stdout: marker-js") && l.contains("plugin=evil-js")), "{logs}");
+    assert!(
+        logs.lines().any(|l| l.contains(" INFO")
+            && l.contains("to stdout: marker-js")
+            && l.contains("plugin=evil-js")),
+        "{logs}"
+    );
     assert!(logs.lines().any(|l| l.contains("ERROR") && l.contains("to stderr: marker-js")), "{logs}");
     let (out, logs) = capture_logs(|| run(r#"{"mode":"log"}"#, "x"));
     out.unwrap();
     for level in ["TRACE", "DEBUG", " INFO", " WARN", "ERROR"] {
-        assert!(logs.lines().any(|l| l.contains(level) && l.contains("evil-js log")), "no {level} in:\n{logs}");
+        assert!(
+            logs.lines().any(|l| l.contains(level) && l.contains("evil-js log")),
+            "no {level} in:\n{logs}"
+        );
     }
 }
 
@@ -212,7 +228,8 @@ fn cli_scaffolds_a_js_plugin_that_builds_and_passes_its_tests() {
     let status = Command::new("node").args(["--test", "tests/"]).current_dir(&dir).status().unwrap();
     assert!(status.success(), "node --test failed in the scaffolded plugin");
     // The build script builds a folder given by path into FOLDER/NAME.wasm.
-    let status = Command::new(support::repo_root().join("scripts/build-plugins.sh")).arg(&dir).status().unwrap();
+    let status =
+        Command::new(support::repo_root().join("scripts/build-plugins.sh")).arg(&dir).status().unwrap();
     assert!(status.success(), "scripts/build-plugins.sh failed on the scaffolded plugin");
     let wasm = dir.join("shout-js.wasm");
     // --time-ms: a debug binary on a busy machine; the deadline itself is tested above.
@@ -224,7 +241,17 @@ fn cli_scaffolds_a_js_plugin_that_builds_and_passes_its_tests() {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         assert_eq!(String::from_utf8(out.stdout).unwrap(), "» hi");
     }
-    let out = pipehost(&["plugin", "run", wasm.to_str().unwrap(), "--time-ms", "5000", "--config", r#"{"prefx":""}"#, "--input", "hi"]);
+    let out = pipehost(&[
+        "plugin",
+        "run",
+        wasm.to_str().unwrap(),
+        "--time-ms",
+        "5000",
+        "--config",
+        r#"{"prefx":""}"#,
+        "--input",
+        "hi",
+    ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("prefx"));
 }

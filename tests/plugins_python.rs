@@ -8,7 +8,9 @@ mod support;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use pipehost::plugin::{CallContext, Cause, Language, Limits, PluginError, PluginRuntime, PostProcessor, RuntimeConfig};
+use pipehost::plugin::{
+    CallContext, Cause, Language, Limits, PluginError, PluginRuntime, PostProcessor, RuntimeConfig,
+};
 use support::{capture_logs, component, test_cache_dir};
 
 /// One runtime for this binary; each ~19 MB CPython component is compiled once (or read from
@@ -76,7 +78,8 @@ fn cliche_removes_and_rewrites_stock_phrases_whole_and_streamed() {
     assert_eq!(out, "The sky is blue.");
     let out = both_ways(cliche(), "{}", "I’m sorry, but that's great news.", &[1, 2, 5]);
     assert_eq!(out, "Still, nice news.");
-    let out = both_ways(cliche(), "{}", "作为一个AI，我没有感情。我理解你的感受。希望这对你有帮助！", &[1, 2, 7]);
+    let out =
+        both_ways(cliche(), "{}", "作为一个AI，我没有感情。我理解你的感受。希望这对你有帮助！", &[1, 2, 7]);
     assert_eq!(out, "我没有感情。");
     let config = r#"{"presets":["zh"],"rules":{"说实话，":""}}"#;
     let out = both_ways(cliche(), config, "说实话，Great question! 好。", &[1, 4]);
@@ -86,8 +89,20 @@ fn cliche_removes_and_rewrites_stock_phrases_whole_and_streamed() {
 #[test]
 fn cliche_stream_equals_whole_for_generated_texts_and_chunkings() {
     const ATOMS: [&str; 14] = [
-        "I'm sorry", "I’m", ", but", " ", "that's great", "!", "Great question", "作为一个AI", "，", "我理解你的感受",
-        "。", "希望这对你有帮助", "hello", "👍",
+        "I'm sorry",
+        "I’m",
+        ", but",
+        " ",
+        "that's great",
+        "!",
+        "Great question",
+        "作为一个AI",
+        "，",
+        "我理解你的感受",
+        "。",
+        "希望这对你有帮助",
+        "hello",
+        "👍",
     ];
     let mut seed = 14u64;
     let mut next = |n: usize| {
@@ -108,7 +123,10 @@ fn cliche_config_errors_name_the_field() {
     let err = cliche().process("x", &ctx(), r#"{"rules":{"a":1}}"#, &limits()).unwrap_err();
     assert_eq!(err.cause, Cause::InvalidConfig("rules.a: expected a string, got a number".into()));
     let err = cliche().open_stream(&ctx(), r#"{"rulez":{}}"#, &limits()).err().unwrap();
-    assert!(matches!(err.cause, Cause::InvalidConfig(ref m) if m.starts_with("rulez: unknown field")), "{err}");
+    assert!(
+        matches!(err.cause, Cause::InvalidConfig(ref m) if m.starts_with("rulez: unknown field")),
+        "{err}"
+    );
     cliche().validate_config("{}", &ctx(), &limits()).unwrap();
 }
 
@@ -214,10 +232,16 @@ fn python_sockets_and_dns_are_denied() {
 
 #[test]
 fn python_errors_keep_their_kind_and_exceptions_become_internal() {
-    assert_eq!(cause(r#"{"mode":"invalid-input"}"#, "x"), Cause::InvalidInput("evil-py: invalid input requested".into()));
+    assert_eq!(
+        cause(r#"{"mode":"invalid-input"}"#, "x"),
+        Cause::InvalidInput("evil-py: invalid input requested".into())
+    );
     let (result, logs) = capture_logs(|| run(r#"{"mode":"raise"}"#, "x"));
     assert_eq!(result.unwrap_err().cause, Cause::Internal("ValueError: evil-py: exception requested".into()));
-    assert!(logs.contains("Traceback") && logs.contains("plugin=evil-py"), "the traceback goes to the log:\n{logs}");
+    assert!(
+        logs.contains("Traceback") && logs.contains("plugin=evil-py"),
+        "the traceback goes to the log:\n{logs}"
+    );
     let err = evil().validate_config(r#"{"mode":"ok","colour":1}"#, &ctx(), &limits()).unwrap_err();
     assert!(matches!(err.cause, Cause::InvalidConfig(ref m) if m.contains("colour")), "{err}");
     assert_healthy();
@@ -232,7 +256,10 @@ fn python_print_and_log_reach_the_host_log() {
     let (out, logs) = capture_logs(|| run(r#"{"mode":"log"}"#, "x"));
     out.unwrap();
     for level in ["TRACE", "DEBUG", " INFO", " WARN", "ERROR"] {
-        assert!(logs.lines().any(|l| l.contains(level) && l.contains("evil-py log")), "no {level} in:\n{logs}");
+        assert!(
+            logs.lines().any(|l| l.contains(level) && l.contains("evil-py log")),
+            "no {level} in:\n{logs}"
+        );
     }
 }
 
@@ -265,10 +292,15 @@ fn cli_scaffolds_a_python_plugin_that_builds_and_passes_its_tests() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     // Its own tests pass as generated, natively.
     let python = support::repo_root().join("target/py/venv/bin/python");
-    let status = Command::new(&python).args(["-m", "pytest", "-q", "-p", "no:cacheprovider"]).current_dir(&dir).status().unwrap();
+    let status = Command::new(&python)
+        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider"])
+        .current_dir(&dir)
+        .status()
+        .unwrap();
     assert!(status.success(), "pytest failed in the scaffolded plugin");
     // The build script builds a folder given by path into FOLDER/NAME.wasm.
-    let status = Command::new(support::repo_root().join("scripts/build-plugins.sh")).arg(&dir).status().unwrap();
+    let status =
+        Command::new(support::repo_root().join("scripts/build-plugins.sh")).arg(&dir).status().unwrap();
     assert!(status.success(), "scripts/build-plugins.sh failed on the scaffolded plugin");
     let wasm = dir.join("shout_py.wasm");
     // --time-ms: a debug binary on a busy machine; the deadline itself is tested above.
@@ -280,7 +312,17 @@ fn cli_scaffolds_a_python_plugin_that_builds_and_passes_its_tests() {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         assert_eq!(String::from_utf8(out.stdout).unwrap(), "» hi");
     }
-    let out = pipehost(&["plugin", "run", wasm.to_str().unwrap(), "--time-ms", "5000", "--config", r#"{"prefx":""}"#, "--input", "hi"]);
+    let out = pipehost(&[
+        "plugin",
+        "run",
+        wasm.to_str().unwrap(),
+        "--time-ms",
+        "5000",
+        "--config",
+        r#"{"prefx":""}"#,
+        "--input",
+        "hi",
+    ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("prefx"));
 }

@@ -68,7 +68,12 @@ fn main() {
     println!("|---|---|---|---|---|---|");
     let mut extra: Vec<(String, String, std::path::PathBuf, &str)> = vec![
         ("evil-py (fixed cost)".into(), "python".into(), support::component("evil-py"), r#"{"mode":"ok"}"#),
-        ("evil-js (fixed cost)".into(), "javascript".into(), support::component("evil-js"), r#"{"mode":"ok"}"#),
+        (
+            "evil-js (fixed cost)".into(),
+            "javascript".into(),
+            support::component("evil-js"),
+            r#"{"mode":"ok"}"#,
+        ),
         ("cliche".into(), "python".into(), support::component("cliche"), "{}"),
         ("plaintext".into(), "javascript".into(), support::component("plaintext"), "{}"),
     ];

@@ -254,21 +254,27 @@ fn new_script_plugin(args: NewArgs) -> anyhow::Result<ExitCode> {
     }
     std::fs::create_dir_all(dir.join("tests")).with_context(|| format!("cannot create {}", dir.display()))?;
     let dir = dir.canonicalize()?;
-    let root = find_pipehost_workspace(&dir).filter(|root| dir.parent() == Some(root.join("plugins").as_path()));
+    let root =
+        find_pipehost_workspace(&dir).filter(|root| dir.parent() == Some(root.join("plugins").as_path()));
     // Inside the tree the SDK is a sibling folder; elsewhere an absolute path to it.
     let sdk = match (&root, args.sdk) {
         (Some(_), None) => format!("../{sdk_folder}"),
         (_, sdk) => {
-            let sdk = sdk.unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins").join(sdk_folder));
+            let sdk = sdk
+                .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins").join(sdk_folder));
             let sdk = sdk.canonicalize().with_context(|| {
-                format!("cannot find the plugin SDK at {}: pass --sdk PATH/TO/plugins/{sdk_folder}", sdk.display())
+                format!(
+                    "cannot find the plugin SDK at {}: pass --sdk PATH/TO/plugins/{sdk_folder}",
+                    sdk.display()
+                )
             })?;
             sdk.display().to_string()
         }
     };
     let type_name = type_name(&args.name);
     for (file, template) in templates {
-        let text = template.replace("{{type}}", &type_name).replace("{{name}}", &args.name).replace("{{sdk}}", &sdk);
+        let text =
+            template.replace("{{type}}", &type_name).replace("{{name}}", &args.name).replace("{{sdk}}", &sdk);
         std::fs::write(dir.join(file), text)?;
     }
     if let Some(root) = &root {
@@ -276,16 +282,28 @@ fn new_script_plugin(args: NewArgs) -> anyhow::Result<ExitCode> {
         exclude_from_workspace(&root.join("Cargo.toml"), &format!("plugins/{}", args.name))?;
     }
     let (test, tool) = match args.lang {
-        Lang::Python => ("pytest", "target/py/venv/bin/python -m pytest (after scripts/build-plugins.sh), or any pytest"),
+        Lang::Python => {
+            ("pytest", "target/py/venv/bin/python -m pytest (after scripts/build-plugins.sh), or any pytest")
+        }
         _ => ("node --test tests/", "node 20 or newer"),
     };
-    println!("Created {} plugin `{}` in {}", if args.lang == Lang::Python { "Python" } else { "JavaScript" }, args.name, dir.display());
+    println!(
+        "Created {} plugin `{}` in {}",
+        if args.lang == Lang::Python { "Python" } else { "JavaScript" },
+        args.name,
+        dir.display()
+    );
     println!("  test:   cd {} && {test}   ({tool})", dir.display());
     if root.is_some() {
         println!("  build:  scripts/build-plugins.sh {}    # -> plugins/dist/{}.wasm", args.name, args.name);
         println!("  run:    pipehost plugin run {} --input \"hello\"", args.name);
     } else {
-        println!("  build:  scripts/build-plugins.sh {}    # -> {}/{}.wasm (from the Pipehost tree)", dir.display(), dir.display(), args.name);
+        println!(
+            "  build:  scripts/build-plugins.sh {}    # -> {}/{}.wasm (from the Pipehost tree)",
+            dir.display(),
+            dir.display(),
+            args.name
+        );
         println!("  run:    pipehost plugin run {}/{}.wasm --input \"hello\"", dir.display(), args.name);
     }
     Ok(ExitCode::SUCCESS)

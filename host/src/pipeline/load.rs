@@ -337,7 +337,10 @@ fn loc<T>(s: &Spanned<T>) -> Option<Location> {
 
 /// A stage's limits: the plugin language's defaults (`Language::default_limits`), overridden
 /// by the stage's `limits:` block.
-fn limits(spec: Option<&Spanned<LimitsSpec>>, defaults: Limits) -> Result<Limits, (Option<Location>, String)> {
+fn limits(
+    spec: Option<&Spanned<LimitsSpec>>,
+    defaults: Limits,
+) -> Result<Limits, (Option<Location>, String)> {
     let mut limits = defaults;
     if let Some(s) = spec {
         let v = s.value;
@@ -543,8 +546,8 @@ fn build(
                 .map_err(|m| at(loc(&s.plugin), format!("`{field}.plugin`: {m}")))?;
             check_pin(s.sha256.as_ref(), processor.meta().sha256.as_str())
                 .map_err(|(l, m)| at(l, format!("`{field}.sha256`: {m}")))?;
-            let stage_limits =
-                limits(s.limits.as_ref(), processor.meta().language.default_limits()).map_err(|(l, m)| at(l, format!("`{field}.limits`: {m}")))?;
+            let stage_limits = limits(s.limits.as_ref(), processor.meta().language.default_limits())
+                .map_err(|(l, m)| at(l, format!("`{field}.limits`: {m}")))?;
             let config = config_json(s.config.as_ref()).to_string();
             let config_loc = s.config.as_ref().and_then(loc).or(loc(&s.plugin));
             processor

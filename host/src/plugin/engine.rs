@@ -150,7 +150,8 @@ impl PluginRuntime {
                 (component, CacheOutcome::Compiled)
             }
         };
-        let meta = LoadMeta { path: path.to_owned(), sha256, language, outcome, load_time: started.elapsed() };
+        let meta =
+            LoadMeta { path: path.to_owned(), sha256, language, outcome, load_time: started.elapsed() };
         tracing::debug!(plugin = name, ?meta, "plugin loaded");
         Ok((component, meta))
     }

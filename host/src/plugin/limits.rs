@@ -55,7 +55,9 @@ impl Language {
     pub fn default_limits(self) -> Limits {
         match self {
             Language::Rust => Limits::default(),
-            Language::Python | Language::JavaScript => Limits { memory_bytes: 128 << 20, ..Limits::default() },
+            Language::Python | Language::JavaScript => {
+                Limits { memory_bytes: 128 << 20, ..Limits::default() }
+            }
         }
     }
 
@@ -67,22 +69,20 @@ impl Language {
             let id = bytes[at];
             let (size, body) = leb128(bytes, at + 1).ok_or("truncated section header")?;
             let end = body.checked_add(size).filter(|&e| e <= bytes.len()).ok_or("truncated section")?;
-            if id == 0 {
-                if let Some((len, name)) = leb128(&bytes[..end], body) {
-                    if name.checked_add(len).is_some_and(|e| e <= end)
-                        && &bytes[name..name + len] == LANGUAGE_SECTION.as_bytes()
-                    {
-                        return match &bytes[name + len..end] {
-                            b"python" => Ok(Language::Python),
-                            b"javascript" => Ok(Language::JavaScript),
-                            b"rust" => Ok(Language::Rust),
-                            other => Err(format!(
-                                "unknown language {:?} in its `{LANGUAGE_SECTION}` section",
-                                String::from_utf8_lossy(other)
-                            )),
-                        };
-                    }
-                }
+            if id == 0
+                && let Some((len, name)) = leb128(&bytes[..end], body)
+                && name.checked_add(len).is_some_and(|e| e <= end)
+                && &bytes[name..name + len] == LANGUAGE_SECTION.as_bytes()
+            {
+                return match &bytes[name + len..end] {
+                    b"python" => Ok(Language::Python),
+                    b"javascript" => Ok(Language::JavaScript),
+                    b"rust" => Ok(Language::Rust),
+                    other => Err(format!(
+                        "unknown language {:?} in its `{LANGUAGE_SECTION}` section",
+                        String::from_utf8_lossy(other)
+                    )),
+                };
             }
             at = end;
         }
