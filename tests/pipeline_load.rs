@@ -210,9 +210,18 @@ fn shipped_examples_load() {
         Registry::load(&support::repo_root().join("pipelines"), plugins.path(), support::runtime());
     assert!(registry.errors().is_empty(), "{:?}", registry.errors());
     let names: Vec<String> = registry.list().into_iter().map(|p| p.name).collect();
-    assert_eq!(names, ["companion", "poem", "qa", "story"]);
+    assert_eq!(names, ["companion", "poem", "qa", "story", "style"]);
+    // Every subjective task type of the recipes has a pipeline, tagged for the playground.
+    let tasks: std::collections::BTreeSet<Option<String>> =
+        registry.list().into_iter().map(|p| p.task).collect();
+    let want = ["companionship", "creative-writing", "open-question", "style-imitation"];
+    assert_eq!(tasks, want.iter().map(|t| Some(t.to_string())).collect());
+    let style = registry.get("style").unwrap();
+    let samples = style.variables.iter().find(|v| v.name == "samples").unwrap();
+    assert!(samples.default.is_some(), "the samples come from the request or the file's default");
     let poem = registry.get("poem").unwrap();
     assert_eq!((poem.params.temperature, poem.params.top_p), (Some(0.8), Some(0.9)));
+    assert!(poem.stages.iter().any(|s| s.plugin == "truncate"), "poem keeps at most six lines");
     let story = registry.get("story").unwrap();
     assert_eq!(story.params.top_k, Some(50));
     assert_eq!(story.params.repetition_penalty, Some(1.15));
@@ -360,4 +369,67 @@ fn hot_reload() {
     std::fs::remove_file(pipelines.path().join("p.yaml")).unwrap();
     eventually("p removed", || registry.get("p").is_none());
     assert!(registry.get("q").is_some());
+}
+
+/// One change of content, one report: reloading a broken file whose content did not change
+/// neither logs nor counts again; new broken content does; a retry after a plugin change that
+/// fails the same way does not, but one that the plugin fixes loads.
+#[test]
+fn a_broken_file_is_reported_once_per_content() {
+    let missing = GOOD.replace("plugin: dedupe", "plugin: later");
+    let (registry, pipelines, plugins) = load(&[("p.yaml", GOOD), ("q.yaml", &missing)]);
+    assert!(registry.get("q").is_none());
+    write(pipelines.path(), "p.yaml", "prompt: [\n");
+    let ((), logs) = support::capture_logs(|| {
+        for _ in 0..3 {
+            registry.reload_file("p.yaml", true);
+        }
+    });
+    assert_eq!(registry.stats().reload_failures, 1);
+    assert_eq!(logs.matches("reload failed").count(), 1, "{logs}");
+    assert!(logs.contains("unchanged since its last load"), "{logs}");
+
+    write(pipelines.path(), "p.yaml", "prompt: {plugin: [\n");
+    registry.reload_file("p.yaml", true);
+    registry.reload_file("p.yaml", true);
+    assert_eq!(registry.stats().reload_failures, 2);
+
+    // A plugin change retries every file in error: p fails as before (not counted), q loads.
+    std::fs::copy(support::component("dedupe"), plugins.path().join("later.wasm")).unwrap();
+    let ((), logs) = support::capture_logs(|| registry.plugin_changed("later"));
+    assert_eq!(registry.stats().reload_failures, 2, "{logs}");
+    assert!(!logs.contains("reload failed"), "{logs}");
+    assert!(registry.get("q").is_some(), "{logs}");
+    assert_eq!(registry.get("p").unwrap().description, "test");
+}
+
+/// `sed -i` on a watched file (a temporary file renamed over it: several events) counts one
+/// failure, and later events on the unchanged broken file (`touch`, a no-op `sed -i`) count none.
+/// Reading a file is no event: a reload's own read used to trigger the next reload, forever.
+#[test]
+fn sed_in_place_counts_one_failure() {
+    let (registry, pipelines, _plugins) = load(&[("p.yaml", GOOD)]);
+    let _watch = registry.watch().unwrap();
+    let path = pipelines.path().join("p.yaml");
+    let settle = || std::thread::sleep(pipehost::pipeline::DEBOUNCE * 8);
+    // Reading or touching a good file reloads nothing.
+    std::fs::read(&path).unwrap();
+    assert!(Command::new("touch").arg(&path).status().unwrap().success());
+    settle();
+    assert_eq!(registry.stats(), pipehost::pipeline::ReloadStats { reloads: 0, reload_failures: 0 });
+    let sed =
+        |expr: &str| assert!(Command::new("sed").arg("-i").arg(expr).arg(&path).status().unwrap().success());
+    sed("s/^prompt:$/prompt: [/");
+    eventually("the reload error", || registry.info("p").unwrap().last_error.is_some());
+    settle();
+    assert_eq!(registry.stats().reload_failures, 1);
+    assert!(Command::new("touch").arg(&path).status().unwrap().success());
+    sed("s/nothing-matches-this//");
+    settle();
+    assert_eq!(registry.stats().reload_failures, 1);
+    // Fixed: loads again.
+    sed("s/^prompt: \\[$/prompt:/");
+    eventually("the fixed version", || registry.info("p").unwrap().last_error.is_none());
+    settle();
+    assert_eq!(registry.stats(), pipehost::pipeline::ReloadStats { reloads: 1, reload_failures: 1 });
 }

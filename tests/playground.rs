@@ -291,6 +291,9 @@ fn serve(pipelines: &Path, extra: &[&str]) -> (Kill, String) {
         .arg(pipelines)
         .arg("--plugins")
         .arg(support::components_dir())
+        // Its own request log (the default sits beside the pipelines folder, here shared /tmp).
+        .arg("--db")
+        .arg(format!("sqlite:{}", pipelines.join("log.db").display()))
         .args(extra)
         .env("PIPEHOST_CACHE_DIR", support::test_cache_dir())
         .env("RUST_LOG", "warn")
@@ -324,6 +327,8 @@ fn copy_pipelines() -> tempfile::TempDir {
 }
 
 async fn chrome(chromium: &Path, driver: &Path, profile: &Path) -> (Kill, Client) {
+    // The test's own reqwest calls need a crypto provider (plain HTTP uses none).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let child = Command::new(driver)
         .arg(format!("--port={port}"))
@@ -404,7 +409,12 @@ async fn the_page_tunes_runs_compares_and_saves_in_chromium() {
     let Some((chromium, driver)) = browser_paths() else { return };
     let pipelines = copy_pipelines();
     // A paced echo so the streaming is visible; the echo answers with the prompt's user message.
-    let (_serve, url) = serve(pipelines.path(), &["--model", "echo", "--echo-delay-ms", "40"]);
+    let experiments_dir = tempfile::tempdir().unwrap();
+    let experiments = experiments_dir.path().to_owned();
+    let (_serve, url) = serve(
+        pipelines.path(),
+        &["--model", "echo", "--echo-delay-ms", "40", "--experiments", experiments.to_str().unwrap()],
+    );
     let profile = tempfile::tempdir().unwrap();
     let (_driver, c) = chrome(&chromium, &driver, profile.path()).await;
     c.goto(&url).await.unwrap();
@@ -444,28 +454,30 @@ async fn the_page_tunes_runs_compares_and_saves_in_chromium() {
     c.find(Locator::Css(&tid("add-variant"))).await.unwrap().click().await.unwrap();
     set(&c, &in_column(1, "param-temperature"), "0.3").await;
 
-    // Run both (Ctrl+Enter runs all; the button does the same) and watch them stream.
-    c.find(Locator::Css(&tid("run-all"))).await.unwrap().click().await.unwrap();
-    let mut partial = [false, false];
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let mut done = true;
-        for (i, seen) in partial.iter_mut().enumerate() {
-            if text(&c, &in_column(i, "metrics")).await.contains("completion") {
-                continue;
-            }
-            done = false;
-            if !text(&c, &in_column(i, "output")).await.is_empty() {
-                *seen = true; // text arrived before the run finished
-            }
-        }
-        if done {
-            break;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for both answers");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    // Run both with Ctrl+Enter (WebDriver's Control and Enter keys) and watch them stream: the
+    // page itself records whether an answer had text while its figures were still pending (an
+    // observer, so the check does not depend on how fast this test polls).
+    let watch = r#"
+        window.__streamed = [false, false];
+        for (const i of [0, 1]) {
+            const col = document.querySelector(`[data-testid="column-${i}"]`);
+            const out = col.querySelector('[data-testid="output"]');
+            const metrics = col.querySelector('[data-testid="metrics"]');
+            new MutationObserver(() => {
+                if (out.textContent && metrics.textContent === "…") window.__streamed[i] = true;
+            }).observe(out, { childList: true, characterData: true, subtree: true });
+        }"#;
+    c.execute(watch, vec![]).await.unwrap();
+    let ctrl_enter = "\u{E009}\u{E007}";
+    c.find(Locator::Css(&tid("var-topic"))).await.unwrap().send_keys(ctrl_enter).await.unwrap();
+    for i in 0..2 {
+        wait_until("both answers", || async {
+            text(&c, &in_column(i, "metrics")).await.contains("completion")
+        })
+        .await;
     }
-    assert_eq!(partial, [true, true], "both columns showed text while streaming");
+    let streamed = c.execute("return window.__streamed", vec![]).await.unwrap();
+    assert_eq!(streamed, json!([true, true]), "both columns showed text while streaming");
     screenshot(&c, "playground-variants.png").await;
 
     for i in 0..2 {
@@ -514,6 +526,9 @@ async fn the_page_tunes_runs_compares_and_saves_in_chromium() {
         text(&c, &tid("blind-result")).await.contains("A was variant")
     })
     .await;
+    // Kept where the server keeps feedback: a pairwise preference on both logged runs.
+    let result = text(&c, &tid("blind-result")).await;
+    assert!(result.contains("recorded on the server"), "{result}");
 
     // Save variant A as a new pipeline; it is served at once.
     c.find(Locator::Css(&in_column(0, "save"))).await.unwrap().click().await.unwrap();
@@ -534,6 +549,56 @@ async fn the_page_tunes_runs_compares_and_saves_in_chromium() {
     })
     .await;
     c.find(Locator::Css(&tid("save-cancel"))).await.unwrap().click().await.unwrap();
+
+    // The experiments panel: an A/B test between poem and poem-rain, some traffic with
+    // thumbs, and the page shows each variant with its interval.
+    std::fs::write(
+        experiments.join("rain-ab.yaml"),
+        "description: poem vs poem-rain\nvariants:\n  - pipeline: poem\n  - pipeline: poem-rain\n",
+    )
+    .unwrap();
+    let client = reqwest::Client::new();
+    wait_until("the experiment to load", || async {
+        let r = client.get(format!("{url}/v1/experiments/rain-ab")).send().await.unwrap();
+        r.status() == 200
+    })
+    .await;
+    for user in 0..24 {
+        let body = json!({"model": "rain-ab", "user": format!("u{user}"),
+                          "messages": [{"role": "user", "content": "雨"}]});
+        let answer: Value = client
+            .post(format!("{url}/v1/chat/completions"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let id = answer["id"].as_str().unwrap().to_owned();
+        let thumbs = json!({"response_id": id, "value": user % 3 != 0});
+        let r = client.post(format!("{url}/v1/feedback")).json(&thumbs).send().await.unwrap();
+        assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    }
+    let report: Value =
+        client.get(format!("{url}/v1/experiments/rain-ab")).send().await.unwrap().json().await.unwrap();
+    let variants = report["results"]["variants"].as_array().unwrap_or_else(|| panic!("{report}"));
+    let requests: u64 = variants.iter().map(|v| v["requests"].as_u64().unwrap_or(0)).sum();
+    let thumbs: u64 = variants.iter().map(|v| v["feedback"]["thumbs"]["n"].as_u64().unwrap_or(0)).sum();
+    assert_eq!((requests, thumbs), (24, 24), "{report}");
+    c.refresh().await.unwrap();
+    wait_until("the experiments panel", || async {
+        c.find(Locator::Css(&format!("{} circle", tid("experiment-chart-thumbs")))).await.is_ok()
+    })
+    .await;
+    for variant in ["poem", "poem-rain"] {
+        let row = text(&c, &tid(&format!("experiment-variant-{variant}"))).await;
+        assert!(row.contains('['), "{variant}: a mean with its interval: {row}");
+    }
+    let verdict = text(&c, &tid("experiment-verdict")).await;
+    assert!(!verdict.is_empty());
+    c.execute("document.querySelector('[data-testid=experiments]').scrollIntoView()", vec![]).await.unwrap();
+    screenshot(&c, "playground-experiment.png").await;
 
     // The history survives a reload of the page.
     c.refresh().await.unwrap();

@@ -83,6 +83,22 @@ fn truncate_cuts_at_a_sentence_and_stops_the_stream() {
 }
 
 #[test]
+fn truncate_keeps_the_first_lines_and_stops_the_stream() {
+    let truncate = post("truncate");
+    // The poem pipeline's setting; blank lines do not count.
+    let config = r#"{"max_lines":6}"#;
+    let lines =
+        ["秋夜", "", "月光落在窗台，", "虫声细细。", "风很轻，", "桂花香", "落在衣襟上", "第七行", "第八行"];
+    let text = lines.join("\n");
+    let out = process_both_ways(&truncate, config, &text);
+    assert_eq!(out, lines[..7].join("\n"));
+    // The stream stops at the first character of the seventh line.
+    let mut stream = truncate.open_stream(&ctx(), config, &Limits::default()).unwrap();
+    let stopped_at = text.chars().position(|c| stream.push(&c.to_string()).unwrap().stop);
+    assert_eq!(stopped_at, Some(out.chars().count() + 1));
+}
+
+#[test]
 fn persona_builds_role_style_constraint_messages_and_keeps_variables_literal() {
     let persona: PromptBuilder = runtime().load_prompt_builder("persona", &component("persona")).unwrap();
     let config = r#"{

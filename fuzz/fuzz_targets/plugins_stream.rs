@@ -32,7 +32,7 @@ const TONE: [&str; 4] = [
 const TRUNCATE: [&str; 4] = [
     r#"{"max":20}"#,
     r#"{"max":5,"ellipsis":"none"}"#,
-    r#"{"max":40,"unit":"width"}"#,
+    r#"{"max":40,"unit":"width","max_lines":2}"#,
     r#"{"max":8,"ellipsis":"zh","min_fraction":0.0}"#,
 ];
 

@@ -3,6 +3,8 @@
 //! natively, plus the host's fixed cost per call (an empty plugin).
 //!
 //!   scripts/build-plugins.sh && cargo bench -p pipehost --bench plugins
+//!   cargo bench -p pipehost --bench plugins -- punctuation    # only these rows (`empty`, plugin names)
+//!   cargo bench -p pipehost --bench plugins -- evil-py cliche  # Python rows (JS: evil-js plaintext)
 //!
 //! WASM and native batches alternate within one run, so machine noise hits both alike; the
 //! ratio is the number to compare across machines. Prints a Markdown table.
@@ -23,6 +25,9 @@ const ROUND: Duration = Duration::from_millis(150);
 const ROUNDS: usize = 10;
 
 fn main() {
+    // cargo passes `--bench`; any other argument names the rows to run.
+    let only: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let wanted = |name: &str| only.is_empty() || only.iter().any(|o| o == name);
     let runtime = support::runtime();
     let ctx = CallContext { pipeline: "bench".into(), request_id: "bench".into(), stage: "bench".into() };
     let limits = Limits { time_ms: 10_000, ..Limits::default() };
@@ -30,72 +35,61 @@ fn main() {
     println!("| plugin | input | wasm median | wasm p99 | native median | native p99 | wasm/native |");
     println!("|---|---|---|---|---|---|---|");
 
-    let empty = runtime.load_post_processor("empty", &support::component("guest-empty")).unwrap();
-    let (wasm, _) = measure(|| empty.process("x", &ctx, "{}", &limits).unwrap(), || String::from("x"));
-    println!("| empty (fixed cost) | 1 B | {} | {} | – | – | – |", us(median(&wasm)), us(p99(&wasm)));
-
-    bench::<dedupe::Dedupe>(
-        runtime.load_post_processor("dedupe", &support::component("dedupe")).unwrap(),
-        "{}",
-        &ctx,
-        &limits,
-    );
-    bench::<punctuation::Punctuation>(
-        runtime.load_post_processor("punctuation", &support::component("punctuation")).unwrap(),
-        "{}",
-        &ctx,
-        &limits,
-    );
-    bench::<tone::Tone>(
-        runtime.load_post_processor("tone", &support::component("tone")).unwrap(),
-        r#"{"presets":["zh-warm","en-warm"]}"#,
-        &ctx,
-        &limits,
-    );
-    bench::<truncate::Truncate>(
-        runtime.load_post_processor("truncate", &support::component("truncate")).unwrap(),
-        r#"{"max":200}"#,
-        &ctx,
-        &limits,
-    );
+    if wanted("empty") {
+        let empty = runtime.load_post_processor("empty", &support::component("guest-empty")).unwrap();
+        let (wasm, _) = measure(|| empty.process("x", &ctx, "{}", &limits).unwrap(), || String::from("x"));
+        println!("| empty (fixed cost) | 1 B | {} | {} | – | – | – |", us(median(&wasm)), us(p99(&wasm)));
+    }
+    let load = |name: &str| runtime.load_post_processor(name, &support::component(name)).unwrap();
+    if wanted("dedupe") {
+        bench::<dedupe::Dedupe>(load("dedupe"), "{}", &ctx, &limits);
+    }
+    if wanted("punctuation") {
+        bench::<punctuation::Punctuation>(load("punctuation"), "{}", &ctx, &limits);
+    }
+    if wanted("tone") {
+        bench::<tone::Tone>(load("tone"), r#"{"presets":["zh-warm","en-warm"]}"#, &ctx, &limits);
+    }
+    if wanted("truncate") {
+        bench::<truncate::Truncate>(load("truncate"), r#"{"max":200}"#, &ctx, &limits);
+    }
 
     // Other languages: the fixed cost (the evil guests' echo mode on 1 byte: a fresh instance
     // of the language runtime's snapshot, config parsing, one call) and a 4 KB call of the
     // shipped plugin, next to the Rust rows above (`empty`; `tone` does the same kind of
     // phrase rewriting as `cliche`). No native column: the logic is not Rust.
-    println!();
-    println!("| plugin | language | input | wasm median | wasm p99 | load (compile or cache) |");
-    println!("|---|---|---|---|---|---|");
-    let mut extra: Vec<(String, String, std::path::PathBuf, &str)> = vec![
-        ("evil-py (fixed cost)".into(), "python".into(), support::component("evil-py"), r#"{"mode":"ok"}"#),
-        (
-            "evil-js (fixed cost)".into(),
-            "javascript".into(),
-            support::component("evil-js"),
-            r#"{"mode":"ok"}"#,
-        ),
-        ("cliche".into(), "python".into(), support::component("cliche"), "{}"),
-        ("plaintext".into(), "javascript".into(), support::component("plaintext"), "{}"),
+    let mut extra: Vec<(String, &str, std::path::PathBuf, &str)> = vec![
+        ("evil-py".into(), "python", support::component("evil-py"), r#"{"mode":"ok"}"#),
+        ("evil-js".into(), "javascript", support::component("evil-js"), r#"{"mode":"ok"}"#),
+        ("cliche".into(), "python", support::component("cliche"), "{}"),
+        ("plaintext".into(), "javascript", support::component("plaintext"), "{}"),
     ];
     // More components to compare, e.g. another JS engine's build of a plugin:
-    // PIPEHOST_BENCH_EXTRA="plaintext-sm=/path/plaintext-sm.wasm" (4 KB call with `{}`).
+    // PIPEHOST_BENCH_EXTRA="plaintext-sm=/path/plaintext-sm.wasm" (a 4 KB call with `{}`).
     if let Ok(list) = std::env::var("PIPEHOST_BENCH_EXTRA") {
         for item in list.split(',').filter(|s| !s.is_empty()) {
-            let (name, path) = item.split_once('=').expect("NAME=PATH");
-            extra.push((name.into(), "extra".into(), path.into(), "{}"));
+            let (name, path) = item.split_once('=').expect("PIPEHOST_BENCH_EXTRA: NAME=PATH,...");
+            extra.push((name.into(), "extra", path.into(), "{}"));
         }
+    }
+    extra.retain(|(name, ..)| wanted(name));
+    if !extra.is_empty() {
+        println!();
+        println!("| plugin | language | input | wasm median | wasm p99 | load (compile or cache) |");
+        println!("|---|---|---|---|---|---|");
     }
     for (name, language, path, config) in extra {
         let started = Instant::now();
         let plugin = runtime.load_post_processor(&name, &path).unwrap();
         let load = started.elapsed();
-        let limits = plugin.meta().language.default_limits();
-        let limits = Limits { time_ms: 10_000, ..limits };
-        let text = if name.contains("fixed cost") { "x".to_string() } else { sample_text(4 << 10) };
+        let limits = Limits { time_ms: 10_000, ..plugin.meta().language.default_limits() };
+        let fixed = name.starts_with("evil-");
+        let text = if fixed { "x".to_string() } else { sample_text(4 << 10) };
         let (wasm, _) = measure(|| plugin.process(&text, &ctx, config, &limits).unwrap(), String::new);
         println!(
-            "| {name} | {language} | {} | {} | {} | {} ({:?}) |",
-            if text.len() == 1 { "1 B".to_string() } else { format!("{} KB", text.len() >> 10) },
+            "| {name}{} | {language} | {} | {} | {} | {} ({:?}) |",
+            if fixed { " (fixed cost)" } else { "" },
+            if fixed { "1 B".to_string() } else { "4 KB".to_string() },
             us(median(&wasm)),
             us(p99(&wasm)),
             us(load),

@@ -37,6 +37,7 @@ pub struct TestServer {
     shutdown: Option<oneshot::Sender<()>>,
     handle: tokio::task::JoinHandle<std::io::Result<()>>,
     _watch: std::sync::Mutex<Option<pipehost::pipeline::WatchHandle>>,
+    _watch_experiments: std::sync::Mutex<Option<pipehost::experiment::ExperimentWatch>>,
 }
 
 pub struct Options {
@@ -46,6 +47,11 @@ pub struct Options {
     pub files: Vec<(&'static str, String)>,
     pub plugins_dir: Option<PathBuf>,
     pub watch: bool,
+    /// Files of the experiments folder (`experiments/` inside the pipelines folder).
+    pub experiments: Vec<(&'static str, String)>,
+    /// The request log (none by default).
+    pub db: Option<pipehost::store::DbUrl>,
+    pub log_bodies: pipehost::server::LogBodies,
 }
 
 impl Default for Options {
@@ -57,6 +63,9 @@ impl Default for Options {
             files: vec![("poem.yaml", POEM.to_string())],
             plugins_dir: None,
             watch: false,
+            experiments: Vec::new(),
+            db: None,
+            log_bodies: pipehost::server::LogBodies::Full,
         }
     }
 }
@@ -77,14 +86,37 @@ pub async fn start(options: Options) -> TestServer {
             .await
             .unwrap();
     let watch = options.watch.then(|| registry.watch().unwrap());
-    let state = AppState::new(registry, executor, backend, options.config);
+    let experiments_dir = dir.path().join("experiments");
+    std::fs::create_dir(&experiments_dir).unwrap();
+    for (name, text) in &options.experiments {
+        std::fs::write(experiments_dir.join(name), text).unwrap();
+    }
+    let experiments = pipehost::experiment::Experiments::load(&experiments_dir, registry.clone());
+    let watch_experiments = if options.watch { experiments.watch().unwrap() } else { None };
+    let mut state = AppState::new(registry, executor, backend, options.config).with_experiments(experiments);
+    if let Some(url) = options.db {
+        let store = tokio::task::spawn_blocking(move || {
+            pipehost::store::Store::open(&url, pipehost::store::StoreOptions::default())
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        state = state.with_store(store, options.log_bodies);
+    }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = oneshot::channel::<()>();
     let handle = tokio::spawn(pipehost::server::serve(listener, state.clone(), async move {
         let _ = rx.await;
     }));
-    TestServer { addr, dir, shutdown: Some(tx), handle, _watch: std::sync::Mutex::new(watch) }
+    TestServer {
+        addr,
+        dir,
+        shutdown: Some(tx),
+        handle,
+        _watch: std::sync::Mutex::new(watch),
+        _watch_experiments: std::sync::Mutex::new(watch_experiments),
+    }
 }
 
 impl TestServer {

@@ -10,8 +10,10 @@ mod bench_http;
 mod bench_reload;
 mod check;
 mod dev;
+mod experiments;
 mod generate;
 mod plugin;
+mod replay;
 mod run;
 mod schema;
 mod serve;
@@ -42,6 +44,11 @@ enum Command {
     Check(check::CheckArgs),
     /// Print the JSON Schema of pipeline files.
     Schema,
+    /// Run logged raw model texts through a changed pipeline's post-processors (no model).
+    Replay(Box<replay::ReplayArgs>),
+    /// A/B experiments: results from the request log.
+    #[command(subcommand)]
+    Experiments(experiments::ExperimentsCommand),
     /// Developer tools: random-weight and tiny test models.
     #[command(subcommand)]
     Dev(dev::DevCommand),
@@ -60,6 +67,8 @@ pub fn main() -> ExitCode {
         Command::Check(args) => check::run(args),
         Command::Schema => schema::run(),
         Command::Serve(args) => serve::run(*args),
+        Command::Experiments(cmd) => experiments::run(cmd),
+        Command::Replay(args) => replay::run(*args),
     };
     match result {
         Ok(code) => code,

@@ -92,6 +92,22 @@ pub struct ServeArgs {
     #[arg(long, env = "PIPEHOST_BODY_TIMEOUT_SECS", value_name = "S", default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub body_timeout_secs: u64,
+    /// The experiments folder (`*.yaml`: A/B tests between pipelines), watched for changes
+    /// [default: `experiments` beside the pipelines folder].
+    #[arg(long, env = "PIPEHOST_EXPERIMENTS_DIR", value_name = "DIR")]
+    pub experiments: Option<PathBuf>,
+    /// The request log and feedback store: sqlite:PATH, postgres://USER@HOST:PORT/DB (several
+    /// replicas sharing one store), or none [default: sqlite:pipehost.db beside the pipelines
+    /// folder].
+    #[arg(long, env = "PIPEHOST_DB", value_name = "URL")]
+    pub db: Option<String>,
+    /// What the request log keeps: full, or none (everything but texts).
+    #[arg(long, env = "PIPEHOST_LOG_BODIES", value_enum, default_value = "full")]
+    pub log_bodies: crate::server::LogBodies,
+    /// Delete logged completions (and their feedback) older than this many days [default: keep].
+    #[arg(long, env = "PIPEHOST_LOG_RETENTION_DAYS", value_name = "DAYS",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub log_retention_days: Option<u32>,
     /// Do not watch the pipelines and plugins folders for changes.
     #[arg(long, env = "PIPEHOST_NO_WATCH")]
     pub no_watch: bool,
@@ -148,6 +164,13 @@ async fn serve(args: ServeArgs) -> Result<()> {
     } else {
         Some(registry.watch().context("watching the pipelines and plugins folders")?)
     };
+    let experiments_dir = args
+        .experiments
+        .clone()
+        .unwrap_or_else(|| crate::experiment::default_experiments_dir(&pipelines_dir));
+    let experiments = crate::experiment::Experiments::load(&experiments_dir, registry.clone());
+    let _watch_experiments =
+        if args.no_watch { None } else { experiments.watch().context("watching the experiments folder")? };
 
     let config = ServerConfig {
         api_key: args.api_key.clone().filter(|k| !k.is_empty()),
@@ -160,8 +183,22 @@ async fn serve(args: ServeArgs) -> Result<()> {
         body_read_timeout: Duration::from_secs(args.body_timeout_secs),
         read_only: args.read_only,
     };
-    print_banner(addr, &registry, backend.name(), &pipelines_dir, &plugins_dir, config.api_key.is_some());
-    let state = AppState::new(registry, executor, backend, config);
+    let api_key = config.api_key.is_some();
+    let db = crate::store::DbUrl::parse(&args.db.clone().unwrap_or_else(|| default_db(&pipelines_dir)))?;
+    print_banner(&registry, backend.name(), &pipelines_dir, &plugins_dir);
+    print_experiments(&experiments);
+    let mut state = AppState::new(registry, executor, backend, config).with_experiments(experiments);
+    if db != crate::store::DbUrl::None {
+        let options = crate::store::StoreOptions { retention_days: args.log_retention_days };
+        let store = tokio::task::spawn_blocking(move || crate::store::Store::open(&db, options))
+            .await?
+            .context("opening the request log (--db; `--db none` serves without one)")?;
+        eprintln!("pipehost: request log and feedback in {}", store.url().display());
+        state = state.with_store(store, args.log_bodies);
+    }
+    let auth = if api_key { " (API key required)" } else { "" };
+    eprintln!("pipehost: listening on http://{addr}{auth}  (POST /v1/chat/completions, GET /v1/models)");
+    eprintln!("pipehost: playground: open http://{addr}/ in a browser");
     server::serve(listener, state, server::shutdown_signal()).await.context("serving HTTP")?;
     eprintln!("pipehost: stopped");
     Ok(())
@@ -203,12 +240,10 @@ async fn build_backend(kind: BackendKind, args: &ServeArgs) -> Result<Arc<dyn Ba
 }
 
 fn print_banner(
-    addr: SocketAddr,
     registry: &Registry,
     backend: &str,
     pipelines_dir: &std::path::Path,
     plugins_dir: &std::path::Path,
-    api_key: bool,
 ) {
     eprintln!("pipehost: backend {backend}");
     eprintln!("pipehost: pipelines from {}, plugins from {}", pipelines_dir.display(), plugins_dir.display());
@@ -223,9 +258,25 @@ fn print_banner(
     for err in registry.errors() {
         eprintln!("  load error: {err}");
     }
-    let auth = if api_key { " (API key required)" } else { "" };
-    eprintln!("pipehost: listening on http://{addr}{auth}  (POST /v1/chat/completions, GET /v1/models)");
-    eprintln!("pipehost: playground: open http://{addr}/ in a browser");
+}
+
+/// `sqlite:` + `pipehost.db` beside the pipelines folder.
+pub(crate) fn default_db(pipelines_dir: &std::path::Path) -> String {
+    let dir =
+        pipelines_dir.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    format!("sqlite:{}", dir.join("pipehost.db").display())
+}
+
+fn print_experiments(experiments: &crate::experiment::Experiments) {
+    for info in experiments.list() {
+        let e = &info.experiment;
+        let variants: Vec<String> =
+            e.variants.iter().map(|v| format!("{} ({}, weight {})", v.name, v.pipeline, v.weight)).collect();
+        eprintln!("  experiment {:<16} {}", e.name, variants.join(" | "));
+    }
+    for err in experiments.errors() {
+        eprintln!("  experiment load error: {err}");
+    }
 }
 
 #[cfg(test)]

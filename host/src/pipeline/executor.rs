@@ -400,6 +400,16 @@ impl Executor {
         tokio::task::spawn_blocking(move || stream_worker(pipeline, request, s, run_start, tx));
         Ok(rx)
     }
+
+    /// Whole-text post-processing of `text` through `pipeline`'s stages alone, no model: how
+    /// `pipehost replay` runs logged answers through a changed chain. Blocking.
+    pub fn post_process(
+        pipeline: &Pipeline,
+        request_id: &str,
+        text: String,
+    ) -> Result<(String, Vec<StageReport>), PipelineError> {
+        process_all(pipeline, request_id, text, false)
+    }
 }
 
 fn kind(name: &str) -> &str {

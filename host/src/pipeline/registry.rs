@@ -3,6 +3,13 @@
 //! Each pipeline file maps to at most one served [`Pipeline`] (an `Arc`, swapped atomically)
 //! and its last load error. A broken file never replaces a working version; deleting a file
 //! removes its pipeline. Reloads run on the watcher's own thread, never on the request path.
+//!
+//! One edit, one reload: the watcher ignores access events (it sees every open, its own reads
+//! included: each reload used to trigger the next), and a file is not loaded again while its
+//! content (by sha256) and everything it was loaded against (plugins, the other files' names)
+//! stay the same, so the several events of one `sed -i` or a later `touch` neither reload it
+//! nor count again. A retry that fails the same way (after a plugin changed) is neither logged
+//! nor counted again either.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -12,6 +19,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 
 use super::load::{
     BackendNames, LoadError, Pipeline, PluginCache, Variable, load_file, load_text, parse,
@@ -47,7 +55,7 @@ pub fn default_pipelines_dir() -> PathBuf {
 pub struct ReloadStats {
     /// Files (re)loaded successfully by the watcher.
     pub reloads: u64,
-    /// Files whose reload failed (the old version kept serving).
+    /// Failed reloads (the old version kept serving), once per failing content of a file.
     pub reload_failures: u64,
 }
 
@@ -85,6 +93,18 @@ struct FileEntry {
     serving: Option<String>,
     /// Problems of the last load (empty when it succeeded).
     errors: Vec<LoadError>,
+    /// The last load: enough to tell whether loading again could differ.
+    last: Option<Attempt>,
+}
+
+/// A load of a file: what it was loaded from and how it failed.
+struct Attempt {
+    /// sha256 of the file's bytes (None when it could not be read).
+    sha256: Option<[u8; 32]>,
+    /// [`Inner::generation`] after it.
+    generation: u64,
+    /// Its errors, as reported (empty when it loaded).
+    messages: Vec<String>,
 }
 
 #[derive(Default)]
@@ -103,6 +123,9 @@ struct Inner {
     reloading: Mutex<()>,
     reloads: AtomicU64,
     failures: AtomicU64,
+    /// Bumped whenever what a file is loaded against changes: a plugin file, or the set of
+    /// pipeline names other files serve (a name clash may be gone).
+    generation: AtomicU64,
 }
 
 /// The loaded pipelines. Cheap to clone.
@@ -139,6 +162,7 @@ impl Registry {
                 reloading: Mutex::default(),
                 reloads: AtomicU64::new(0),
                 failures: AtomicU64::new(0),
+                generation: AtomicU64::new(0),
             }),
         };
         let mut names: Vec<String> = match std::fs::read_dir(pipelines_dir) {
@@ -199,7 +223,9 @@ impl Registry {
     }
 
     /// Reloads one file of the pipelines folder by file name (`poem.yaml`): a missing file
-    /// removes its pipeline; a broken one keeps the old version and records the error.
+    /// removes its pipeline; a broken one keeps the old version and records the error. A file
+    /// that has not changed since its last load (nor has anything it was loaded against) is
+    /// left as it is.
     pub fn reload_file(&self, file_name: &str, count: bool) {
         let _guard = self.inner.reloading.lock().unwrap();
         let path = self.inner.dir.join(file_name);
@@ -208,6 +234,7 @@ impl Registry {
             if let Some(entry) = state.files.remove(file_name) {
                 if let Some(name) = entry.serving {
                     state.pipelines.remove(&name);
+                    self.inner.generation.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(pipeline = name, "pipeline removed ({file_name} deleted)");
                 }
                 if count {
@@ -216,31 +243,66 @@ impl Registry {
             }
             return;
         }
+        let sha256: Option<[u8; 32]> = std::fs::read(&path).ok().map(|bytes| Sha256::digest(bytes).into());
+        let generation = self.inner.generation.load(Ordering::Relaxed);
+        {
+            let state = self.inner.state.read().unwrap();
+            let last = state.files.get(file_name).and_then(|e| e.last.as_ref());
+            if sha256.is_some() && last.is_some_and(|a| a.sha256 == sha256 && a.generation == generation) {
+                tracing::debug!("{file_name} is unchanged since its last load; not reloaded");
+                return;
+            }
+        }
         let taken = self.taken_except(file_name);
         let result = load_file(&path, &self.inner.plugins, &self.inner.backends, &taken);
         let mut state = self.inner.state.write().unwrap();
         match result {
             Ok(pipeline) => {
-                install(&mut state, file_name, pipeline);
+                self.install(&mut state, file_name, pipeline, sha256);
                 if count {
                     self.inner.reloads.fetch_add(1, Ordering::Relaxed);
                 }
             }
             Err(errors) => {
                 let entry = state.files.entry(file_name.to_owned()).or_default();
-                for error in &errors {
-                    if count {
-                        tracing::warn!("reload failed, the previous version keeps serving: {error}");
+                let messages: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+                // The same content failing the same way was reported already (a retry after a
+                // plugin changed that did not help).
+                let reported =
+                    entry.last.as_ref().is_some_and(|a| a.sha256 == sha256 && a.messages == messages);
+                for message in &messages {
+                    if count && !reported {
+                        tracing::warn!("reload failed, the previous version keeps serving: {message}");
                     } else {
-                        tracing::debug!("{error}");
+                        tracing::debug!("{message}");
                     }
                 }
                 entry.errors = errors;
-                if count {
+                entry.last = Some(Attempt { sha256, generation, messages });
+                if count && !reported {
                     self.inner.failures.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
+    }
+
+    /// Serves `pipeline` as the version of `file_name` (content hash `sha256`), replacing what
+    /// that file served; a change of the names served moves the generation on.
+    fn install(&self, state: &mut State, file_name: &str, pipeline: Pipeline, sha256: Option<[u8; 32]>) {
+        let entry = state.files.entry(file_name.to_owned()).or_default();
+        let old = entry.serving.replace(pipeline.name.clone());
+        entry.errors.clear();
+        let generation = if old.as_ref() != Some(&pipeline.name) {
+            self.inner.generation.fetch_add(1, Ordering::Relaxed) + 1
+        } else {
+            self.inner.generation.load(Ordering::Relaxed)
+        };
+        entry.last = Some(Attempt { sha256, generation, messages: Vec::new() });
+        if let Some(old) = old.filter(|o| *o != pipeline.name) {
+            state.pipelines.remove(&old);
+        }
+        tracing::info!(pipeline = pipeline.name, sha256 = pipeline.sha256, "pipeline loaded");
+        state.pipelines.insert(pipeline.name.clone(), Arc::new(pipeline));
     }
 
     /// Pipeline names served by files other than `file_name`, with their files.
@@ -302,8 +364,10 @@ impl Registry {
         }
         let created = !path.exists();
         tmp.persist(&path).map_err(|e| io(e.error))?;
+        // The watcher's event for this rename then finds the content loaded already.
+        let sha256: [u8; 32] = Sha256::digest(pipeline.source.as_bytes()).into();
         let mut state = self.inner.state.write().unwrap();
-        install(&mut state, &file_name, pipeline);
+        self.install(&mut state, &file_name, pipeline, Some(sha256));
         tracing::info!(pipeline = name, created, "pipeline saved");
         let info = info_of(&state, name).expect("just installed");
         Ok(Saved { created, info })
@@ -312,6 +376,7 @@ impl Registry {
     /// A plugin file changed: reloads every pipeline that uses it and every file in error.
     pub fn plugin_changed(&self, plugin: &str) {
         self.inner.plugins.evict_stale(plugin);
+        self.inner.generation.fetch_add(1, Ordering::Relaxed);
         let files: Vec<String> = {
             let state = self.inner.state.read().unwrap();
             state
@@ -350,6 +415,8 @@ impl Registry {
             while let Ok(first) = rx.recv() {
                 let mut paths: Vec<PathBuf> = Vec::new();
                 let mut add = |ev: notify::Result<notify::Event>| match ev {
+                    // Opening a file is no change (and every reload opens the file).
+                    Ok(ev) if ev.kind.is_access() => {}
                     Ok(ev) => paths.extend(ev.paths),
                     Err(e) => tracing::warn!("file watcher: {e}"),
                 };
@@ -385,18 +452,6 @@ impl Registry {
         })?;
         Ok(WatchHandle { _watcher: Mutex::new(Box::new(watcher)), _thread: thread })
     }
-}
-
-/// Serves `pipeline` as the version of `file_name`, replacing what that file served.
-fn install(state: &mut State, file_name: &str, pipeline: Pipeline) {
-    let entry = state.files.entry(file_name.to_owned()).or_default();
-    let old = entry.serving.replace(pipeline.name.clone());
-    entry.errors.clear();
-    if let Some(old) = old.filter(|o| *o != pipeline.name) {
-        state.pipelines.remove(&old);
-    }
-    tracing::info!(pipeline = pipeline.name, sha256 = pipeline.sha256, "pipeline loaded");
-    state.pipelines.insert(pipeline.name.clone(), Arc::new(pipeline));
 }
 
 /// A saved pipeline.

@@ -4,6 +4,7 @@
 
 import { ApiError, apiKey, call, setApiKey, stream } from "./api.js";
 import { renderDiff } from "./diff.js";
+import { initExperiments } from "./experiments.js";
 import { toYaml } from "./yaml.js";
 
 const MAX_COLUMNS = 4;
@@ -830,6 +831,7 @@ async function boot() {
     }
     const last = localStorage.getItem("pipehost.playground.pipeline");
     await pick(state.library.some((p) => p.name === last) ? last : state.library[0].name);
+    await initExperiments();
   } catch (err) {
     $("status").textContent =
       err.status === 401 ? "this server needs an API key: enter it above" : `cannot reach the server: ${err.message}`;

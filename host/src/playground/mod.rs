@@ -17,6 +17,7 @@ const FILES: &[(&str, &str, &[u8])] = &[
     ("app.js", JS, include_bytes!("app.js")),
     ("api.js", JS, include_bytes!("api.js")),
     ("diff.js", JS, include_bytes!("diff.js")),
+    ("experiments.js", JS, include_bytes!("experiments.js")),
     ("yaml.js", JS, include_bytes!("yaml.js")),
     ("favicon.svg", "image/svg+xml", include_bytes!("favicon.svg")),
 ];

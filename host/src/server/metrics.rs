@@ -40,6 +40,9 @@ pub struct Metrics {
     ready: Gauge,
     reloads: Counter,
     reload_failures: Counter,
+    log_written: Counter,
+    log_dropped: Family<Labels, Counter>,
+    log_queued: Gauge,
     /// Serialises scrapes (the reload counters are brought up to date during one).
     scrape: Mutex<()>,
 }
@@ -64,6 +67,9 @@ impl Metrics {
             ready: Gauge::default(),
             reloads: Counter::default(),
             reload_failures: Counter::default(),
+            log_written: Counter::default(),
+            log_dropped: Family::default(),
+            log_queued: Gauge::default(),
             registry: Registry::default(),
             scrape: Mutex::new(()),
         };
@@ -144,7 +150,35 @@ impl Metrics {
             "Pipeline or plugin reloads that failed (the previous version kept serving)",
             m.reload_failures.clone(),
         );
+        registry.register(
+            "pipehost_log_records_written",
+            "Completions written to the request log",
+            m.log_written.clone(),
+        );
+        registry.register(
+            "pipehost_log_records_dropped",
+            "Completions not logged, by reason: queue_full (the writer fell behind) or store_error (the database failed)",
+            m.log_dropped.clone(),
+        );
+        registry.register(
+            "pipehost_log_queue_depth",
+            "Completions waiting for the request log's writer",
+            m.log_queued.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    /// Brings the request log's counters up to date (at scrape time).
+    pub fn store(&self, stats: &crate::store::StoreStats) {
+        let _guard = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
+        self.log_written.inc_by(stats.written.saturating_sub(self.log_written.get()));
+        for (reason, n) in
+            [("queue_full", stats.dropped_queue_full), ("store_error", stats.dropped_store_error)]
+        {
+            let c = self.log_dropped.get_or_create(&vec![("reason", reason.to_string())]);
+            c.inc_by(n.saturating_sub(c.get()));
+        }
+        self.log_queued.set(stats.queued as i64);
     }
 
     pub fn http_request(&self, route: &str, status: u16) {

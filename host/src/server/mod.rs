@@ -12,7 +12,10 @@
 //! Endpoints, error codes and metrics are documented in docs/server.md.
 
 mod error;
+mod experiments;
 mod extract;
+mod feedback;
+mod logging;
 mod metrics;
 mod native;
 mod openai;
@@ -36,9 +39,12 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 pub use self::error::ApiError;
 use self::error::ErrorCode;
+pub use self::logging::LogBodies;
 pub use self::metrics::Metrics;
 use crate::backend::Backend;
+use crate::experiment::Experiments;
 use crate::pipeline::{Executor, PipelineError, Registry};
+use crate::store::Store;
 
 /// Parses a `POST /v1/chat/completions` body and maps it to a pipeline request exactly as the
 /// handler does, without server state (the pipeline's `input_variable` is given). Pure; used by
@@ -106,6 +112,10 @@ struct Inner {
     ids: AtomicU64,
     id_prefix: u64,
     phase: watch::Sender<Phase>,
+    // Issue 11: A/B experiments and the request log (none unless set with `with_*`).
+    experiments: Experiments,
+    store: Option<Store>,
+    log_bodies: LogBodies,
 }
 
 /// Where the server is in its life: serving, draining after a shutdown signal, or cutting the
@@ -138,7 +148,38 @@ impl AppState {
             ids: AtomicU64::new(0),
             id_prefix,
             phase: watch::Sender::new(Phase::Serving),
+            experiments: Experiments::none(),
+            store: None,
+            log_bodies: LogBodies::Full,
         }))
+    }
+
+    /// Serves `experiments` too. Call before the state is shared (cloned).
+    pub fn with_experiments(mut self, experiments: Experiments) -> Self {
+        Arc::get_mut(&mut self.0).expect("with_experiments before the state is shared").experiments =
+            experiments;
+        self
+    }
+
+    pub fn experiments(&self) -> &Experiments {
+        &self.0.experiments
+    }
+
+    /// Logs every completion to `store` (keeping texts or not) and takes feedback. Call
+    /// before the state is shared (cloned).
+    pub fn with_store(mut self, store: Store, bodies: LogBodies) -> Self {
+        let inner = Arc::get_mut(&mut self.0).expect("with_store before the state is shared");
+        inner.store = Some(store);
+        inner.log_bodies = bodies;
+        self
+    }
+
+    pub fn store(&self) -> Option<&Store> {
+        self.0.store.as_ref()
+    }
+
+    fn log_bodies(&self) -> LogBodies {
+        self.0.log_bodies
     }
 
     pub fn registry(&self) -> &Registry {
@@ -218,6 +259,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/playground/run", post(playground::run))
         .route("/v1/playground/check", post(playground::check))
         .route("/metrics", get(metrics_text))
+        // Issue 11: experiments, the request log and feedback.
+        .route("/v1/experiments", get(experiments::list))
+        .route("/v1/experiments/{name}", get(experiments::get))
+        .route("/v1/feedback", post(feedback::post))
+        .route("/v1/responses/{id}", get(feedback::get_response))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_api_key));
     Router::new()
         .route("/healthz", get(healthz))
@@ -401,6 +447,9 @@ async fn readyz(State(state): State<AppState>) -> Response {
 
 async fn metrics_text(State(state): State<AppState>) -> Response {
     let stats = state.registry().stats();
+    if let Some(store) = state.store() {
+        state.metrics().store(&store.stats());
+    }
     let body = state.metrics().render(
         state.queue_depth(),
         state.config().max_queue,
@@ -421,13 +470,17 @@ fn model_object(name: &str) -> serde_json::Value {
 }
 
 async fn list_models(State(state): State<AppState>) -> impl IntoResponse {
-    let data: Vec<_> = state.registry().list().iter().map(|info| model_object(&info.name)).collect();
+    let mut data: Vec<_> = state.registry().list().iter().map(|info| model_object(&info.name)).collect();
+    data.extend(state.experiments().list().iter().map(|e| model_object(&e.experiment.name)));
     axum::Json(json!({"object": "list", "data": data}))
 }
 
 async fn get_model(State(state): State<AppState>, Path(name): Path<String>) -> Result<Response, ApiError> {
     match state.registry().info(&name) {
         Some(info) => Ok(axum::Json(model_object(&info.name)).into_response()),
+        None if state.experiments().get(&name).is_some() => {
+            Ok(axum::Json(model_object(&name)).into_response())
+        }
         None => Err(ApiError::unknown_pipeline(&name)),
     }
 }

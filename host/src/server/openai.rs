@@ -17,13 +17,15 @@ use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::experiments::{RunTags, resolve_model, user_of};
 use super::extract::ApiJson;
-use super::stream::{Outcome, run_streaming, run_whole};
+use super::stream::{Outcome, run_streaming_tagged, run_whole_tagged};
 use super::{ApiError, AppState};
 use crate::backend::{ChatMessage, GenerationParams};
 use crate::pipeline::{RunRecord, RunRequest};
@@ -63,6 +65,9 @@ pub struct ChatRequest {
     repetition_penalty: Option<f64>,
     #[serde(default)]
     pipehost: Option<PipehostOptions>,
+    /// Who is asking: keeps them on one variant of an experiment (else `X-Pipehost-User`).
+    #[serde(default)]
+    user: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -247,12 +252,17 @@ fn openai_finish_reason(reason: &str) -> &'static str {
     }
 }
 
-/// The `pipehost` extension object: the run record without the text (already in the choice).
-fn extension(record: &RunRecord) -> Value {
+/// The `pipehost` extension object: the run record without the text (already in the choice),
+/// plus the experiment and variant that answered.
+fn extension(record: &RunRecord, tags: &RunTags) -> Value {
     let mut value = serde_json::to_value(record).unwrap_or(Value::Null);
     if let Value::Object(map) = &mut value {
         map.remove("text");
         map.remove("usage");
+        if let (Some(e), Some(v)) = (&tags.experiment, &tags.variant) {
+            map.insert("experiment".into(), e.clone().into());
+            map.insert("variant".into(), v.clone().into());
+        }
     }
     value
 }
@@ -271,18 +281,17 @@ fn usage(record: &RunRecord) -> Value {
 
 pub async fn chat_completions(
     State(state): State<AppState>,
+    headers: HeaderMap,
     ApiJson(req): ApiJson<ChatRequest>,
 ) -> Result<Response, ApiError> {
-    let Some(pipeline) = state.registry().get(&req.model) else {
-        return Err(ApiError::unknown_pipeline(&req.model));
-    };
     let id = state.request_id("chatcmpl");
+    let (pipeline, tags) = resolve_model(&state, &req.model, user_of(req.user.as_deref(), &headers), &id)?;
     let request = run_request(&req, &pipeline.input_variable, &id)?;
     let permit = state.admit()?;
     let created = unix_now();
     let model = req.model.clone();
     if !req.stream.unwrap_or(false) {
-        let record = run_whole(&state, pipeline, request, permit).await?;
+        let record = run_whole_tagged(&state, pipeline, request, permit, tags.clone()).await?;
         let body = json!({
             "id": id,
             "object": "chat.completion",
@@ -296,11 +305,12 @@ pub async fn chat_completions(
                 "finish_reason": openai_finish_reason(&record.finish_reason),
             }],
             "usage": usage(&record),
-            "pipehost": extension(&record),
+            "pipehost": extension(&record, &tags),
         });
         return Ok(axum::Json(body).into_response());
     }
 
+    let log_tags = tags.clone();
     let include_usage = req.stream_options.as_ref().is_some_and(|o| o.include_usage);
     let chunk = move |delta: Value, finish: Option<&str>, extra: Option<(&str, Value)>| {
         let mut c = json!({
@@ -334,7 +344,7 @@ pub async fn chat_completions(
                 let mut last = chunk(
                     json!({}),
                     Some(openai_finish_reason(&record.finish_reason)),
-                    Some(("pipehost", extension(&record))),
+                    Some(("pipehost", extension(&record, &tags))),
                 );
                 last["system_fingerprint"] = Value::String(fingerprint(&record));
                 events.push(json_event(&last));
@@ -354,6 +364,6 @@ pub async fn chat_completions(
         }
         events
     };
-    let sse = run_streaming(&state, pipeline, request, permit, map).await?;
+    let sse = run_streaming_tagged(&state, pipeline, request, permit, map, log_tags).await?;
     Ok(sse.into_response())
 }

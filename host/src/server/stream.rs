@@ -14,6 +14,8 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::Stream;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
+use super::experiments::RunTags;
+use super::logging::PendingLog;
 use super::{ApiError, AppState};
 use crate::pipeline::{Pipeline, RunEvent, RunRecord, RunRequest};
 
@@ -55,8 +57,21 @@ pub(crate) async fn run_whole(
     state: &AppState,
     pipeline: Arc<Pipeline>,
     request: RunRequest,
-    _permit: OwnedSemaphorePermit,
+    permit: OwnedSemaphorePermit,
 ) -> Result<RunRecord, ApiError> {
+    run_whole_tagged(state, pipeline, request, permit, RunTags::default()).await
+}
+
+/// [`run_whole`], logged with the experiment, variant and user in `tags`.
+pub(crate) async fn run_whole_tagged(
+    state: &AppState,
+    pipeline: Arc<Pipeline>,
+    mut request: RunRequest,
+    _permit: OwnedSemaphorePermit,
+    tags: RunTags,
+) -> Result<RunRecord, ApiError> {
+    let log = state.begin_log(&pipeline, &mut request, tags, false);
+    let request_id = request.request_id.clone();
     let guard = CancelGuard::new(state);
     let cut = state.cut();
     let result = tokio::select! {
@@ -73,8 +88,11 @@ pub(crate) async fn run_whole(
     };
     guard.finish();
     match result {
-        Ok(record) => {
+        Ok(mut record) => {
             state.metrics().run(&record);
+            if let Some(log) = log {
+                log.finish(state, &request_id, &mut record);
+            }
             Ok(record)
         }
         Err(err) => Err(state.pipeline_error(&err)),
@@ -93,10 +111,26 @@ pub(crate) async fn run_streaming<F>(
 where
     F: FnMut(Outcome) -> Vec<Event> + Send + 'static,
 {
+    run_streaming_tagged(state, pipeline, request, permit, map, RunTags::default()).await
+}
+
+/// [`run_streaming`], logged with the experiment, variant and user in `tags`.
+pub(crate) async fn run_streaming_tagged<F>(
+    state: &AppState,
+    pipeline: Arc<Pipeline>,
+    mut request: RunRequest,
+    permit: OwnedSemaphorePermit,
+    map: F,
+    tags: RunTags,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>> + use<F>>, ApiError>
+where
+    F: FnMut(Outcome) -> Vec<Event> + Send + 'static,
+{
+    let log = state.begin_log(&pipeline, &mut request, tags, true).map(|l| (l, request.request_id.clone()));
     let events =
         state.executor().run_stream(pipeline, request).await.map_err(|e| state.pipeline_error(&e))?;
     let (tx, out) = mpsc::channel::<Event>(32);
-    tokio::spawn(forward(state.clone(), events, tx, permit, map));
+    tokio::spawn(forward(state.clone(), events, tx, permit, map, log));
     let body = futures_util::stream::unfold(out, |mut out| async move {
         out.recv().await.map(|event| (Ok::<_, Infallible>(event), out))
     });
@@ -111,6 +145,7 @@ async fn forward<F>(
     tx: mpsc::Sender<Event>,
     _permit: OwnedSemaphorePermit,
     mut map: F,
+    mut log: Option<(PendingLog, String)>,
 ) where
     F: FnMut(Outcome) -> Vec<Event> + Send + 'static,
 {
@@ -140,8 +175,11 @@ async fn forward<F>(
         };
         let (outcome, last) = match event {
             Some(RunEvent::Delta(text)) => (Outcome::Delta(text), false),
-            Some(RunEvent::Done(record)) => {
+            Some(RunEvent::Done(mut record)) => {
                 state.metrics().run(&record);
+                if let Some((log, id)) = log.take() {
+                    log.finish(&state, &id, &mut record);
+                }
                 (Outcome::Done(Box::new(record)), true)
             }
             Some(RunEvent::Error(err)) => {

@@ -104,20 +104,33 @@ impl Default for Config {
     }
 }
 
-/// Cuts and fixes as many segments of `buf` as can be decided; returns the bytes consumed.
-fn run(buf: &str, last: bool, state: &mut fix::State, config: &Config, out: &mut String) -> usize {
-    let mut pos = 0;
-    while let Some(cut) = segment::next_cut(&buf[pos..], state.line_start, state.fence, last) {
-        let seg = &buf[pos..pos + cut.len];
-        if cut.verbatim {
-            out.push_str(seg);
-            update_fence(seg, state);
-        } else {
-            out.push_str(&fix::fix_segment(seg, cut.next, state, config));
+/// Cuts and fixes as many segments of `buf` as can be decided, scanning the first from
+/// `resume`; returns the bytes consumed and where to resume scanning what is left.
+fn run(
+    buf: &str,
+    resume: usize,
+    last: bool,
+    state: &mut fix::State,
+    config: &Config,
+    out: &mut String,
+) -> (usize, usize) {
+    let (mut pos, mut from) = (0, resume);
+    loop {
+        match segment::next_cut(&buf[pos..], state.line_start, state.fence, last, from) {
+            segment::Next::Cut(cut) => {
+                let seg = &buf[pos..pos + cut.len];
+                if cut.verbatim {
+                    out.push_str(seg);
+                    update_fence(seg, state);
+                } else {
+                    out.push_str(&fix::fix_segment(seg, cut.next, state, config));
+                }
+                pos += cut.len;
+                from = 0;
+            }
+            segment::Next::NeedMore { resume } => return (pos, resume),
         }
-        pos += cut.len;
     }
-    pos
 }
 
 /// A verbatim line opens a code block, closes it, or is inside it.
@@ -146,12 +159,17 @@ impl PostProcessor for Punctuation {
 
     fn process(text: &str, config: &Config, _ctx: &Context) -> Result<String, PluginError> {
         let mut out = String::with_capacity(text.len() + text.len() / 8);
-        run(text, true, &mut fix::State::new(), config, &mut out);
+        run(text, 0, true, &mut fix::State::new(), config, &mut out);
         Ok(out)
     }
 
     fn open(config: Config, _ctx: Context) -> Result<Box<dyn Streamer>, PluginError> {
-        Ok(Box::new(PunctuationStream { config, state: fix::State::new(), pending: String::new() }))
+        Ok(Box::new(PunctuationStream {
+            config,
+            state: fix::State::new(),
+            pending: String::new(),
+            resume: 0,
+        }))
     }
 }
 
@@ -160,21 +178,26 @@ struct PunctuationStream {
     config: Config,
     state: fix::State,
     pending: String,
+    /// How far `pending` was scanned without deciding (so each chunk costs its own length,
+    /// not the pending sentence's).
+    resume: usize,
 }
 
 impl Streamer for PunctuationStream {
     fn push(&mut self, chunk: &str) -> Result<ChunkOutput, PluginError> {
         self.pending.push_str(chunk);
         let mut out = String::new();
-        let used = run(&self.pending, false, &mut self.state, &self.config, &mut out);
+        let (used, resume) = run(&self.pending, self.resume, false, &mut self.state, &self.config, &mut out);
         self.pending.drain(..used);
+        self.resume = resume;
         Ok(ChunkOutput::emit(out))
     }
 
     fn finish(&mut self) -> Result<String, PluginError> {
         let mut out = String::new();
-        run(&self.pending, true, &mut self.state, &self.config, &mut out);
+        run(&self.pending, self.resume, true, &mut self.state, &self.config, &mut out);
         self.pending.clear();
+        self.resume = 0;
         Ok(out)
     }
 }

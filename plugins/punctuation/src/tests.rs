@@ -236,3 +236,84 @@ fn stream_matches_whole_examples() {
         }
     }
 }
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn text() -> impl Strategy<Value = String> {
+        let atoms = prop::sample::select(vec![
+            "你好",
+            "世界",
+            "LeanCloud",
+            "Hello",
+            "world",
+            "the",
+            "3.14",
+            "1,000",
+            "10:30",
+            "e.g.",
+            "U.S.",
+            "Dr.",
+            "Node.js",
+            ".NET",
+            "f(x)",
+            "https://a.b/c?x=1",
+            "me@example.com",
+            ",",
+            ".",
+            "!",
+            "?",
+            ":",
+            ";",
+            "(",
+            ")",
+            "\"",
+            "'",
+            "don't",
+            "...",
+            "。",
+            "，",
+            "！",
+            "……",
+            "“",
+            "”",
+            "`",
+            "``",
+            "```",
+            "~~~",
+            "1. ",
+            "- ",
+            " ",
+            "  ",
+            "\t",
+            "\n",
+            "\n\n",
+            "](x.y)",
+            "[",
+            "A",
+            "中",
+        ]);
+        prop::collection::vec(atoms, 0..60).prop_map(|v| v.concat())
+    }
+
+    fn config() -> impl Strategy<Value = &'static str> {
+        prop::sample::select(vec![
+            "{}",
+            r#"{"locale": "zh", "max_repeat": 2}"#,
+            r#"{"locale": "en"}"#,
+            r#"{"cjk_latin_space": false, "quotes": false, "collapse_repeats": false}"#,
+        ])
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(400))]
+
+        // The stream resumes its scan where the last chunk left it; for any chunking it must
+        // still cut the same segments as the whole-text path.
+        #[test]
+        fn stream_equals_whole(text in text(), config in config(), sizes in prop::collection::vec(1usize..9, 1..4)) {
+            assert_stream_matches_whole::<Punctuation>(&text, config, &sizes);
+        }
+    }
+}

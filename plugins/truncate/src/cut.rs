@@ -67,18 +67,18 @@ pub struct Cut {
     pub ellipsis: String,
 }
 
-/// Chooses the cut for a window whose size exceeds `config.max`.
+/// Chooses the cut for a window whose size exceeds `max` (the config's length limit).
 ///
 /// With `budget = max - size(ellipsis)`, the kept text fits the budget and is, in order of
 /// preference, the longest run of whole sentences, of whole clauses (the separator dropped), of
 /// whole words (only when the hard cut would split a Latin word), each only if it keeps at least
 /// `min_fraction * max`; otherwise as many grapheme clusters as fit. Trailing spaces, clause
 /// separators and opening quotes are then dropped.
-pub fn choose(window: &str, config: &Config) -> Cut {
+pub fn choose(window: &str, config: &Config, max: usize) -> Cut {
     let unit = config.unit;
     let mut ellipsis = ellipsis_for(window, &config.ellipsis);
-    let budget = config.max.saturating_sub(size(&ellipsis, unit));
-    let min_keep = (config.min_fraction * config.max as f64).ceil() as usize;
+    let budget = max.saturating_sub(size(&ellipsis, unit));
+    let min_keep = (config.min_fraction * max as f64).ceil() as usize;
 
     // Grapheme boundaries with the size of the text before each.
     let mut bounds = vec![(0usize, 0usize)];

@@ -1,5 +1,5 @@
-//! `truncate`: limits the length of model output, in grapheme clusters or display width,
-//! cutting where a reader expects (Chinese and English).
+//! `truncate`: limits the length of model output, in grapheme clusters or display width, and
+//! its number of lines, cutting where a reader expects (Chinese and English).
 //!
 //! Text within the limit is returned unchanged. Longer text is cut, preferring the end of a
 //! sentence, then of a clause (`，；、：` and `,;:` + space; the separator is dropped), then of a
@@ -12,11 +12,18 @@
 //! `max`. No ellipsis is added when the kept text already ends with `…` or `...` (except a
 //! custom one).
 //!
-//! Config (JSON):
+//! **Lines.** With `max_lines`, text with more non-empty lines (a line with anything but
+//! whitespace; blank lines do not count) is cut at the end of the last allowed line, before its
+//! line break; the blank lines after it go too. A line cut adds no ellipsis: the kept lines are
+//! whole, and a poem or a list cut after its last line reads as complete. With both limits, the
+//! length limit applies to what the line limit kept.
+//!
+//! Config (JSON; at least one of `max` and `max_lines`):
 //!
 //! | field | default | meaning |
 //! |---|---|---|
-//! | `max` | required | the limit, ≥ 1 and larger than the ellipsis |
+//! | `max` | none | the length limit, ≥ 1 and larger than the ellipsis |
+//! | `max_lines` | none | the most non-empty lines kept, ≥ 1 |
 //! | `unit` | `"graphemes"` | `"graphemes"` (user-perceived characters) or `"width"` (terminal columns, `unicode-width`: CJK and emoji count 2, `…` counts 1) |
 //! | `ellipsis` | `"auto"` | `"auto"` (`……` when the text is mostly CJK, else `...`), `"zh"` (`……`), `"en"` (`...`), `"none"` or `""`, or any other string used as is |
 //! | `min_fraction` | `0.5` | a sentence, clause or word boundary is used only if it keeps at least this fraction of `max` (0–1) |
@@ -28,8 +35,12 @@
 //! `push` returns the rest of the kept text with `stop: true`, and `finish` returns the ellipsis.
 //! The cut depends only on the text up to the grapheme that exceeded the limit, so the stream
 //! gives exactly what `process` gives for the full text, even though the host stops generating.
+//! The line limit streams the same way: lines are emitted as they come, what follows the last
+//! allowed line is held, and the first visible character of one line too many returns
+//! `stop: true` (the held text is dropped).
 
 mod cut;
+mod lines;
 
 use pipehost_plugin_sdk::{
     ChunkOutput, Context, PluginError, PostProcessor, Streamer, export_post_processor,
@@ -91,7 +102,10 @@ impl Ellipsis {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    pub max: usize,
+    #[serde(default)]
+    pub max: Option<usize>,
+    #[serde(default)]
+    pub max_lines: Option<usize>,
     #[serde(default)]
     pub unit: Unit,
     #[serde(default)]
@@ -111,9 +125,9 @@ impl Config {
     }
 
     /// Text shorter than this is in the output whatever comes after it (see the crate docs).
-    fn certain_size(&self) -> usize {
-        let min_keep = (self.min_fraction * self.max as f64).ceil() as usize;
-        min_keep.min(self.max.saturating_sub(self.max_ellipsis_size()))
+    fn certain_size(&self, max: usize) -> usize {
+        let min_keep = (self.min_fraction * max as f64).ceil() as usize;
+        min_keep.min(max.saturating_sub(self.max_ellipsis_size()))
     }
 }
 
@@ -128,7 +142,14 @@ impl PostProcessor for Truncate {
     type Config = Config;
 
     fn check_config(c: &Config) -> Result<(), PluginError> {
-        if c.max == 0 {
+        if c.max.is_none() && c.max_lines.is_none() {
+            return Err(invalid("set `max` (a length limit), `max_lines` (a line limit) or both".into()));
+        }
+        if c.max_lines == Some(0) {
+            return Err(invalid("`max_lines` must be at least 1".into()));
+        }
+        let Some(max) = c.max else { return Ok(()) };
+        if max == 0 {
             return Err(invalid("`max` must be at least 1".into()));
         }
         if !(0.0..=1.0).contains(&c.min_fraction) {
@@ -136,10 +157,10 @@ impl PostProcessor for Truncate {
         }
         for e in c.ellipsis.candidates() {
             let n = size(&e, c.unit);
-            if n >= c.max {
+            if n >= max {
                 return Err(invalid(format!(
-                    "`max` ({}) must be larger than the `ellipsis` {e:?} ({n} {:?}), which counts toward it",
-                    c.max, c.unit
+                    "`max` ({max}) must be larger than the `ellipsis` {e:?} ({n} {:?}), which counts toward it",
+                    c.unit
                 )));
             }
         }
@@ -147,12 +168,17 @@ impl PostProcessor for Truncate {
     }
 
     fn process(text: &str, config: &Config, _ctx: &Context) -> Result<String, PluginError> {
+        let text = match config.max_lines.and_then(|n| lines::cut(text, n)) {
+            Some(end) => &text[..end],
+            None => text,
+        };
+        let Some(max) = config.max else { return Ok(text.to_string()) };
         let mut total = 0;
         for (i, g) in text.grapheme_indices(true) {
             total += cut::grapheme_size(g, config.unit);
-            if total > config.max {
+            if total > max {
                 let window = &text[..i + g.len()];
-                let cut = choose(window, config);
+                let cut = choose(window, config, max);
                 return Ok(format!("{}{}", &window[..cut.kept], cut.ellipsis));
             }
         }
@@ -161,7 +187,9 @@ impl PostProcessor for Truncate {
 
     fn open(config: Config, _ctx: Context) -> Result<Box<dyn Streamer>, PluginError> {
         Ok(Box::new(TruncateStream {
-            certain: config.certain_size(),
+            certain: config.max.map_or(0, |max| config.certain_size(max)),
+            lines: config.max_lines.map(lines::Lines::new),
+            held: String::new(),
             config,
             buffer: String::new(),
             scanned: 0,
@@ -173,11 +201,17 @@ impl PostProcessor for Truncate {
     }
 }
 
-/// Holds the text seen so far (at most about `max` plus one chunk: it stops at the limit).
+/// Holds the text seen so far (with `max`, at most about `max` plus one chunk: it stops at the
+/// limit).
 struct TruncateStream {
     config: Config,
     /// Output shorter than this is certain (see `Config::certain_size`).
     certain: usize,
+    /// The line limit's state, when there is one.
+    lines: Option<lines::Lines>,
+    /// Text after the last allowed line, kept only if the text ends without another line.
+    held: String,
+    /// The text the line limit kept so far: what the length limit sees.
     buffer: String,
     /// Byte offset up to which grapheme clusters are complete and counted in `total`.
     scanned: usize,
@@ -193,6 +227,11 @@ impl TruncateStream {
     /// Counts complete grapheme clusters from `scanned`; all of them when `at_end`, otherwise
     /// all but the last (more text may still extend it). Returns the cut once over the limit.
     fn scan(&mut self, at_end: bool) -> Option<Cut> {
+        let Some(max) = self.config.max else {
+            self.scanned = self.buffer.len();
+            self.safe = self.buffer.len();
+            return None;
+        };
         let rest = &self.buffer[self.scanned..];
         let mut graphemes = rest.grapheme_indices(true).peekable();
         while let Some((i, g)) = graphemes.next() {
@@ -202,8 +241,8 @@ impl TruncateStream {
             }
             let end = self.scanned + i + g.len();
             self.total += cut::grapheme_size(g, self.config.unit);
-            if self.total > self.config.max {
-                return Some(choose(&self.buffer[..end], &self.config));
+            if self.total > max {
+                return Some(choose(&self.buffer[..end], &self.config, max));
             }
             if self.total < self.certain && !cut::is_trim_grapheme(g) {
                 self.safe = end;
@@ -211,6 +250,35 @@ impl TruncateStream {
         }
         self.scanned = self.buffer.len();
         None
+    }
+
+    /// Passes `chunk` through the line limit into `buffer`; true once the line limit cut (the
+    /// buffer then holds all the text it keeps).
+    fn feed(&mut self, chunk: &str) -> bool {
+        let Some(lines) = &mut self.lines else {
+            self.buffer.push_str(chunk);
+            return false;
+        };
+        // Within a chunk: kept text, then held text, then possibly the cut (a held character
+        // is only ever followed by held ones or the cut).
+        let mut hold_from = None;
+        for (i, c) in chunk.char_indices() {
+            match lines.step(c) {
+                lines::Step::Keep => {}
+                lines::Step::Hold => {
+                    hold_from.get_or_insert(i);
+                }
+                lines::Step::Cut => {
+                    self.held.clear();
+                    self.buffer.push_str(&chunk[..hold_from.unwrap_or(i)]);
+                    return true;
+                }
+            }
+        }
+        let keep = hold_from.unwrap_or(chunk.len());
+        self.buffer.push_str(&chunk[..keep]);
+        self.held.push_str(&chunk[keep..]);
+        false
     }
 
     fn take(&mut self, end: usize) -> String {
@@ -225,10 +293,15 @@ impl Streamer for TruncateStream {
         if self.stopped.is_some() {
             return Ok(ChunkOutput { emit: String::new(), stop: true });
         }
-        self.buffer.push_str(chunk);
-        if let Some(cut) = self.scan(false) {
+        // After a line cut the kept text is complete, so its last grapheme is too.
+        let line_cut = self.feed(chunk);
+        if let Some(cut) = self.scan(line_cut) {
             self.stopped = Some(cut.ellipsis);
             return Ok(ChunkOutput { emit: self.take(cut.kept), stop: true });
+        }
+        if line_cut {
+            self.stopped = Some(String::new());
+            return Ok(ChunkOutput { emit: self.take(self.buffer.len()), stop: true });
         }
         Ok(ChunkOutput::emit(self.take(self.safe)))
     }
@@ -237,6 +310,9 @@ impl Streamer for TruncateStream {
         if let Some(ellipsis) = self.stopped.take() {
             return Ok(ellipsis);
         }
+        // The text ended without another line: what followed the last one stays.
+        let held = std::mem::take(&mut self.held);
+        self.buffer.push_str(&held);
         match self.scan(true) {
             Some(cut) => Ok(self.take(cut.kept) + &cut.ellipsis),
             None => Ok(self.take(self.buffer.len())),

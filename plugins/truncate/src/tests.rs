@@ -158,6 +158,60 @@ fn bad_config_names_the_field() {
     assert!(Truncate::config(r#"{"max": 1, "ellipsis": "none"}"#).is_ok());
 }
 
+/// Non-empty lines, as the crate docs define them.
+fn line_count(text: &str) -> usize {
+    text.split(pipehost_plugin_sdk::text::is_line_break).filter(|l| !l.trim().is_empty()).count()
+}
+
+#[test]
+fn line_limit_keeps_whole_non_empty_lines() {
+    let poem = "秋夜\n\n月光落在窗台，\n  \n虫声细细。\n风很轻\n";
+    assert_eq!(line_count(poem), 4);
+    // Blank and whitespace-only lines do not count; the cut is at the last line's end, before
+    // its line break, and adds no ellipsis.
+    assert_eq!(truncate(poem, r#"{"max_lines": 3}"#), "秋夜\n\n月光落在窗台，\n  \n虫声细细。");
+    assert_eq!(truncate(poem, r#"{"max_lines": 1}"#), "秋夜");
+    // Within the limit nothing changes, trailing line breaks included.
+    assert_eq!(truncate(poem, r#"{"max_lines": 4}"#), poem);
+    assert_eq!(truncate("a\r\nb\r\nc", r#"{"max_lines": 2}"#), "a\r\nb");
+    assert_eq!(truncate("a\u{2028}b", r#"{"max_lines": 1}"#), "a");
+    // Ideographic spaces are whitespace too; any other character makes a line count.
+    assert_eq!(truncate("一\n\u{3000}\n。\n二", r#"{"max_lines": 2}"#), "一\n\u{3000}\n。");
+    // With both limits, the length limit applies to the kept lines.
+    assert_eq!(truncate("一二三四五六\n七八九十", r#"{"max_lines": 1, "max": 4}"#), "一二……");
+    assert_eq!(truncate("一二三\n四五六七八九十", r#"{"max_lines": 1, "max": 4}"#), "一二三");
+    assert_eq!(truncate("一二三\n四五六七八九十", r#"{"max_lines": 2, "max": 6}"#), "一二三……");
+}
+
+#[test]
+fn line_limit_streams_and_stops_at_the_next_line() {
+    let config = Truncate::config(r#"{"max_lines": 2}"#).unwrap();
+    let mut s = Truncate::open(config, Context::default()).unwrap();
+    assert_eq!(s.push("一行\n\n二").unwrap(), ChunkOutput::emit("一行\n\n二"));
+    assert_eq!(s.push("行\n").unwrap(), ChunkOutput::emit("行"));
+    // Blank lines after the last allowed line are held: they stay only if the text ends here.
+    assert_eq!(s.push(" \n").unwrap(), ChunkOutput::emit(""));
+    assert_eq!(s.push("  三行").unwrap(), ChunkOutput { emit: String::new(), stop: true });
+    assert_eq!(s.finish().unwrap(), "");
+
+    let config = Truncate::config(r#"{"max_lines": 2}"#).unwrap();
+    let mut s = Truncate::open(config, Context::default()).unwrap();
+    assert_eq!(s.push("一\n二\n\n").unwrap(), ChunkOutput::emit("一\n二"));
+    assert_eq!(s.finish().unwrap(), "\n\n");
+}
+
+#[test]
+fn line_limit_config() {
+    assert!(Truncate::config(r#"{"max_lines": 1}"#).is_ok());
+    assert!(Truncate::config(r#"{"max_lines": 6, "max": 200}"#).is_ok());
+    for json in [r#"{"max_lines": 0}"#, r#"{"max_lines": -1}"#, r#"{"max_lines": "6"}"#] {
+        match Truncate::config(json) {
+            Err(PluginError::InvalidConfig(m)) => assert!(m.contains("max_lines"), "{json}: {m}"),
+            other => panic!("{json}: {other:?}"),
+        }
+    }
+}
+
 fn text() -> impl Strategy<Value = String> {
     let atoms = prop::sample::select(vec![
         "今天",
@@ -207,6 +261,9 @@ fn text() -> impl Strategy<Value = String> {
         "文",
         "\r\n",
         "\t",
+        " \n",
+        "\u{2028}",
+        "\u{3000}",
     ]);
     prop::collection::vec(atoms, 0..40).prop_map(|v| v.concat())
 }
@@ -215,8 +272,15 @@ fn configs() -> impl Strategy<Value = String> {
     let unit = prop::sample::select(vec!["graphemes", "width"]);
     let ellipsis = prop::sample::select(vec!["auto", "zh", "en", "none", " [more]"]);
     let fraction = prop::sample::select(vec![0.0, 0.3, 0.5, 0.9, 1.0]);
-    (8usize..40, unit, ellipsis, fraction).prop_map(|(max, unit, ellipsis, f)| {
-        format!(r#"{{"max": {max}, "unit": "{unit}", "ellipsis": "{ellipsis}", "min_fraction": {f}}}"#)
+    let limits =
+        (prop::option::of(8usize..40), prop::option::of(1usize..5)).prop_map(|limits| match limits {
+            (None, None) => (Some(20), None),
+            limits => limits,
+        });
+    (limits, unit, ellipsis, fraction).prop_map(|((max, lines), unit, ellipsis, f)| {
+        let max = max.map_or(String::new(), |m| format!(r#""max": {m}, "#));
+        let lines = lines.map_or(String::new(), |n| format!(r#""max_lines": {n}, "#));
+        format!(r#"{{{max}{lines}"unit": "{unit}", "ellipsis": "{ellipsis}", "min_fraction": {f}}}"#)
     })
 }
 
@@ -232,8 +296,11 @@ proptest! {
     fn output_fits_and_short_text_is_untouched(text in text(), config in configs()) {
         let c = Truncate::config(&config).unwrap();
         let out = Truncate::process(&text, &c, &Context::default()).unwrap();
-        prop_assert!(size(&out, c.unit) <= c.max, "{:?} -> {:?}", text, out);
-        if size(&text, c.unit) <= c.max {
+        let max = c.max.unwrap_or(usize::MAX);
+        let max_lines = c.max_lines.unwrap_or(usize::MAX);
+        prop_assert!(size(&out, c.unit) <= max, "{:?} -> {:?}", text, out);
+        prop_assert!(line_count(&out) <= max_lines, "{:?} -> {:?}", text, out);
+        if size(&text, c.unit) <= max && line_count(&text) <= max_lines {
             prop_assert_eq!(out, text);
         } else {
             // What is left before the ellipsis is a prefix of the input.
@@ -249,10 +316,13 @@ proptest! {
         let c = Truncate::config(&config).unwrap();
         let (_, stopped) = run_stream::<Truncate>(&text, &config, &[1]).unwrap();
         // Feeding one character at a time, the stream stops unless the limit is only exceeded by
-        // the very last grapheme (then it needs the end of the text to know it is complete).
-        prop_assert!(!stopped || size(&text, c.unit) > c.max);
+        // the very last grapheme (then it needs the end of the text to know it is complete);
+        // over the line limit, it stops at the first visible character of one line too many.
+        let max = c.max.unwrap_or(usize::MAX);
+        let max_lines = c.max_lines.unwrap_or(usize::MAX);
+        prop_assert!(!stopped || size(&text, c.unit) > max || line_count(&text) > max_lines);
         let last = text.grapheme_indices(true).next_back().map_or(0, |(i, _)| i);
-        if size(&text[..last], c.unit) > c.max {
+        if size(&text[..last], c.unit) > max || line_count(&text) > max_lines {
             prop_assert!(stopped);
         }
     }
