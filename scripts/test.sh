@@ -20,4 +20,24 @@ if [ ${#missing[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/nu
 fi
 
 scripts/build-plugins.sh
+
+# Plugins in other languages: their logic natively (pytest from the venv build-plugins.sh made,
+# node's test runner).
+target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+for manifest in plugins/*/pyproject.toml; do
+    dir=$(dirname "$manifest")
+    if grep -q '^\[tool\.pipehost\]' "$manifest" && [ -d "$dir/tests" ]; then
+        echo "pytest: $dir"
+        (cd "$dir" && "$target_dir/py/venv/bin/python" -m pytest -q -p no:cacheprovider)
+    fi
+done
+
+for manifest in plugins/*/package.json; do
+    dir=$(dirname "$manifest")
+    if grep -q '"pipehost"' "$manifest" && [ -d "$dir/tests" ]; then
+        echo "node --test: $dir"
+        (cd "$dir" && node --test tests/)
+    fi
+done
+
 cargo test --workspace --no-fail-fast "$@"

@@ -4,6 +4,7 @@
 //!
 //!   scripts/build-plugins.sh && cargo bench -p pipehost --bench plugins
 //!   cargo bench -p pipehost --bench plugins -- punctuation    # only these rows (`empty`, plugin names)
+//!   cargo bench -p pipehost --bench plugins -- evil-py cliche  # Python rows (JS: evil-js plaintext)
 //!
 //! WASM and native batches alternate within one run, so machine noise hits both alike; the
 //! ratio is the number to compare across machines. Prints a Markdown table.
@@ -51,6 +52,49 @@ fn main() {
     }
     if wanted("truncate") {
         bench::<truncate::Truncate>(load("truncate"), r#"{"max":200}"#, &ctx, &limits);
+    }
+
+    // Other languages: the fixed cost (the evil guests' echo mode on 1 byte: a fresh instance
+    // of the language runtime's snapshot, config parsing, one call) and a 4 KB call of the
+    // shipped plugin, next to the Rust rows above (`empty`; `tone` does the same kind of
+    // phrase rewriting as `cliche`). No native column: the logic is not Rust.
+    let mut extra: Vec<(String, &str, std::path::PathBuf, &str)> = vec![
+        ("evil-py".into(), "python", support::component("evil-py"), r#"{"mode":"ok"}"#),
+        ("evil-js".into(), "javascript", support::component("evil-js"), r#"{"mode":"ok"}"#),
+        ("cliche".into(), "python", support::component("cliche"), "{}"),
+        ("plaintext".into(), "javascript", support::component("plaintext"), "{}"),
+    ];
+    // More components to compare, e.g. another JS engine's build of a plugin:
+    // PIPEHOST_BENCH_EXTRA="plaintext-sm=/path/plaintext-sm.wasm" (a 4 KB call with `{}`).
+    if let Ok(list) = std::env::var("PIPEHOST_BENCH_EXTRA") {
+        for item in list.split(',').filter(|s| !s.is_empty()) {
+            let (name, path) = item.split_once('=').expect("PIPEHOST_BENCH_EXTRA: NAME=PATH,...");
+            extra.push((name.into(), "extra", path.into(), "{}"));
+        }
+    }
+    extra.retain(|(name, ..)| wanted(name));
+    if !extra.is_empty() {
+        println!();
+        println!("| plugin | language | input | wasm median | wasm p99 | load (compile or cache) |");
+        println!("|---|---|---|---|---|---|");
+    }
+    for (name, language, path, config) in extra {
+        let started = Instant::now();
+        let plugin = runtime.load_post_processor(&name, &path).unwrap();
+        let load = started.elapsed();
+        let limits = Limits { time_ms: 10_000, ..plugin.meta().language.default_limits() };
+        let fixed = name.starts_with("evil-");
+        let text = if fixed { "x".to_string() } else { sample_text(4 << 10) };
+        let (wasm, _) = measure(|| plugin.process(&text, &ctx, config, &limits).unwrap(), String::new);
+        println!(
+            "| {name}{} | {language} | {} | {} | {} | {} ({:?}) |",
+            if fixed { " (fixed cost)" } else { "" },
+            if fixed { "1 B".to_string() } else { "4 KB".to_string() },
+            us(median(&wasm)),
+            us(p99(&wasm)),
+            us(load),
+            plugin.meta().outcome,
+        );
     }
 }
 

@@ -44,9 +44,10 @@ pub struct RunArgs {
     /// Deadline per call in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = Limits::default().time_ms)]
     time_ms: u64,
-    /// Linear-memory cap in MiB.
-    #[arg(long, value_name = "MIB", default_value_t = Limits::default().memory_bytes >> 20)]
-    memory_mib: usize,
+    /// Linear-memory cap in MiB [default: the plugin language's, 64 for Rust, 128 for Python
+    /// and JavaScript].
+    #[arg(long, value_name = "MIB")]
+    memory_mib: Option<usize>,
     /// Don't read or write the compiled-component cache.
     #[arg(long)]
     no_cache: bool,
@@ -59,9 +60,20 @@ pub struct NewArgs {
     /// Folder to create the crate in [default: ./plugins/NAME].
     #[arg(long, value_name = "DIR")]
     dir: Option<PathBuf>,
-    /// Path to the pipehost-plugin-sdk crate, for a crate created outside the Pipehost workspace.
+    /// The SDK to use outside the Pipehost tree: plugins/sdk (Rust), plugins/sdk-python or
+    /// plugins/sdk-js [default: the one in the source tree this binary was built from].
     #[arg(long, value_name = "DIR")]
     sdk: Option<PathBuf>,
+    /// The plugin's language.
+    #[arg(long, value_enum, default_value_t = Lang::Rust)]
+    lang: Lang,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Lang {
+    Rust,
+    Python,
+    Js,
 }
 
 pub fn run(cmd: PluginCommand) -> anyhow::Result<ExitCode> {
@@ -72,8 +84,6 @@ pub fn run(cmd: PluginCommand) -> anyhow::Result<ExitCode> {
 }
 
 fn run_plugin(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let limits = Limits { time_ms: args.time_ms, memory_bytes: args.memory_mib << 20, ..Limits::default() };
-    limits.check().map_err(anyhow::Error::msg)?;
     let (name, path) = locate(&args.plugin, args.plugins.as_deref())?;
     let mut config = RuntimeConfig::default();
     if args.no_cache {
@@ -81,6 +91,13 @@ fn run_plugin(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     let runtime = PluginRuntime::new(&config)?;
     let plugin = runtime.load_post_processor(&name, &path)?;
+    let defaults = plugin.meta().language.default_limits();
+    let limits = Limits {
+        time_ms: args.time_ms,
+        memory_bytes: args.memory_mib.map_or(defaults.memory_bytes, |m| m << 20),
+        ..defaults
+    };
+    limits.check().map_err(anyhow::Error::msg)?;
     let input = match args.input {
         Some(text) => text,
         None => read_stdin()?,
@@ -166,9 +183,22 @@ fn read_stdin() -> anyhow::Result<String> {
 }
 
 const TEMPLATE_LIB: &str = include_str!("templates/lib.rs.txt");
+const TEMPLATE_PY: [(&str, &str); 3] = [
+    ("plugin.py", include_str!("templates/plugin.py.txt")),
+    ("pyproject.toml", include_str!("templates/pyproject.toml.txt")),
+    ("tests/test_plugin.py", include_str!("templates/test_plugin.py.txt")),
+];
+const TEMPLATE_JS: [(&str, &str); 3] = [
+    ("plugin.js", include_str!("templates/plugin.js.txt")),
+    ("package.json", include_str!("templates/package.json.txt")),
+    ("tests/plugin.test.js", include_str!("templates/plugin.test.js.txt")),
+];
 
 fn new_plugin(args: NewArgs) -> anyhow::Result<ExitCode> {
     crate::plugin::validate_plugin_name(&args.name).map_err(anyhow::Error::msg)?;
+    if args.lang != Lang::Rust {
+        return new_script_plugin(args);
+    }
     let dir = args.dir.unwrap_or_else(|| Path::new("plugins").join(&args.name));
     if dir.exists() {
         bail!("{} already exists; choose another name or --dir", dir.display());
@@ -209,6 +239,91 @@ fn new_plugin(args: NewArgs) -> anyhow::Result<ExitCode> {
     );
     println!("(or scripts/build-plugins.sh, which builds every plugin into plugins/dist/)");
     Ok(ExitCode::SUCCESS)
+}
+
+/// `plugin new --lang python|js`: a folder with plugin.py / plugin.js, its manifest and tests.
+fn new_script_plugin(args: NewArgs) -> anyhow::Result<ExitCode> {
+    let (templates, sdk_folder) = match args.lang {
+        Lang::Python => (TEMPLATE_PY, "sdk-python"),
+        Lang::Js => (TEMPLATE_JS, "sdk-js"),
+        Lang::Rust => unreachable!("handled by new_plugin"),
+    };
+    let dir = args.dir.unwrap_or_else(|| Path::new("plugins").join(&args.name));
+    if dir.exists() {
+        bail!("{} already exists; choose another name or --dir", dir.display());
+    }
+    std::fs::create_dir_all(dir.join("tests")).with_context(|| format!("cannot create {}", dir.display()))?;
+    let dir = dir.canonicalize()?;
+    let root =
+        find_pipehost_workspace(&dir).filter(|root| dir.parent() == Some(root.join("plugins").as_path()));
+    // Inside the tree the SDK is a sibling folder; elsewhere an absolute path to it.
+    let sdk = match (&root, args.sdk) {
+        (Some(_), None) => format!("../{sdk_folder}"),
+        (_, sdk) => {
+            let sdk = sdk
+                .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins").join(sdk_folder));
+            let sdk = sdk.canonicalize().with_context(|| {
+                format!(
+                    "cannot find the plugin SDK at {}: pass --sdk PATH/TO/plugins/{sdk_folder}",
+                    sdk.display()
+                )
+            })?;
+            sdk.display().to_string()
+        }
+    };
+    let type_name = type_name(&args.name);
+    for (file, template) in templates {
+        let text =
+            template.replace("{{type}}", &type_name).replace("{{name}}", &args.name).replace("{{sdk}}", &sdk);
+        std::fs::write(dir.join(file), text)?;
+    }
+    if let Some(root) = &root {
+        // Not a cargo package: keep the workspace's `plugins/*` glob from picking it up.
+        exclude_from_workspace(&root.join("Cargo.toml"), &format!("plugins/{}", args.name))?;
+    }
+    let (test, tool) = match args.lang {
+        Lang::Python => {
+            ("pytest", "target/py/venv/bin/python -m pytest (after scripts/build-plugins.sh), or any pytest")
+        }
+        _ => ("node --test tests/", "node 20 or newer"),
+    };
+    println!(
+        "Created {} plugin `{}` in {}",
+        if args.lang == Lang::Python { "Python" } else { "JavaScript" },
+        args.name,
+        dir.display()
+    );
+    println!("  test:   cd {} && {test}   ({tool})", dir.display());
+    if root.is_some() {
+        println!("  build:  scripts/build-plugins.sh {}    # -> plugins/dist/{}.wasm", args.name, args.name);
+        println!("  run:    pipehost plugin run {} --input \"hello\"", args.name);
+    } else {
+        println!(
+            "  build:  scripts/build-plugins.sh {}    # -> {}/{}.wasm (from the Pipehost tree)",
+            dir.display(),
+            dir.display(),
+            args.name
+        );
+        println!("  run:    pipehost plugin run {}/{}.wasm --input \"hello\"", dir.display(), args.name);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Adds `path` to the `exclude` list of the workspace manifest at `manifest`.
+fn exclude_from_workspace(manifest: &Path, path: &str) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(manifest)?;
+    let entry = format!("\"{path}\"");
+    if text.contains(&entry) {
+        return Ok(());
+    }
+    let Some(at) = text.find("exclude = [") else {
+        bail!("{}: no `exclude = [` in [workspace]; add {entry} to it by hand", manifest.display());
+    };
+    let insert = at + "exclude = [".len();
+    let updated = format!("{}\n    {entry},{}", &text[..insert], &text[insert..]);
+    std::fs::write(manifest, updated).with_context(|| format!("cannot update {}", manifest.display()))?;
+    println!("Added {entry} to the workspace's exclude list in {}", manifest.display());
+    Ok(())
 }
 
 fn type_name(name: &str) -> String {

@@ -335,8 +335,13 @@ fn loc<T>(s: &Spanned<T>) -> Option<Location> {
     Some(s.referenced)
 }
 
-fn limits(spec: Option<&Spanned<LimitsSpec>>) -> Result<Limits, (Option<Location>, String)> {
-    let mut limits = Limits::default();
+/// A stage's limits: the plugin language's defaults (`Language::default_limits`), overridden
+/// by the stage's `limits:` block.
+fn limits(
+    spec: Option<&Spanned<LimitsSpec>>,
+    defaults: Limits,
+) -> Result<Limits, (Option<Location>, String)> {
+    let mut limits = defaults;
     if let Some(s) = spec {
         let v = s.value;
         if let Some(t) = v.time_ms {
@@ -475,7 +480,7 @@ fn build(
         .map_err(|m| at(loc(&p.plugin), format!("`prompt.plugin`: {m}")))?;
     check_pin(p.sha256.as_ref(), builder.meta().sha256.as_str())
         .map_err(|(l, m)| at(l, format!("`prompt.sha256`: {m}")))?;
-    let prompt_limits = limits(p.limits.as_ref()).map_err(|(l, m)| at(l, format!("`prompt.limits`: {m}")))?;
+    let prompt_limits = limits(p.limits.as_ref(), builder.meta().language.default_limits()).map_err(|(l, m)| at(l, format!("`prompt.limits`: {m}")))?;
     let mut prompt_config = config_json(p.config.as_ref());
     let config_loc = p.config.as_ref().and_then(loc).or(loc(&p.plugin));
     match &mut prompt_config {
@@ -541,8 +546,8 @@ fn build(
                 .map_err(|m| at(loc(&s.plugin), format!("`{field}.plugin`: {m}")))?;
             check_pin(s.sha256.as_ref(), processor.meta().sha256.as_str())
                 .map_err(|(l, m)| at(l, format!("`{field}.sha256`: {m}")))?;
-            let stage_limits =
-                limits(s.limits.as_ref()).map_err(|(l, m)| at(l, format!("`{field}.limits`: {m}")))?;
+            let stage_limits = limits(s.limits.as_ref(), processor.meta().language.default_limits())
+                .map_err(|(l, m)| at(l, format!("`{field}.limits`: {m}")))?;
             let config = config_json(s.config.as_ref()).to_string();
             let config_loc = s.config.as_ref().and_then(loc).or(loc(&s.plugin));
             processor

@@ -131,7 +131,8 @@ pub struct LimitsSpec {
     /// Wall-clock deadline per call in milliseconds (default 100, at most 60000).
     #[serde(default)]
     pub time_ms: Option<u64>,
-    /// Linear-memory cap in MiB (default 64, 2 to 1024).
+    /// Linear-memory cap in MiB, 2 to 1024 (default: the plugin language's, 64 for Rust, 128
+    /// for Python and JavaScript).
     #[serde(default)]
     pub memory_mb: Option<usize>,
     /// Cap on the text the stage returns, in bytes (default 1048576).

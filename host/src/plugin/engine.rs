@@ -14,7 +14,7 @@ use super::cache::{CacheOutcome, CompileCache};
 use super::error::{Cause, PluginError};
 use super::host_state::{CappedClock, HostState};
 use super::instance::{Loaded, PostProcessor, PromptBuilder};
-use super::limits::MAX_MEMORY_BYTES;
+use super::limits::{Language, MAX_MEMORY_BYTES};
 
 /// How often the epoch advances. Deadlines are rounded up to this granularity; 5 ms keeps a
 /// 100 ms deadline within ~5 % while the ticker thread costs ~200 wake-ups a second.
@@ -134,6 +134,8 @@ impl PluginRuntime {
         let bytes =
             std::fs::read(path).map_err(|e| err(name, Cause::Load(format!("{}: {e}", path.display()))))?;
         check_is_component(&bytes).map_err(|m| err(name, Cause::Load(format!("{}: {m}", path.display()))))?;
+        let language = Language::from_component(&bytes)
+            .map_err(|m| err(name, Cause::Load(format!("{}: {m}", path.display()))))?;
         let sha256 = hex::encode(Sha256::digest(&bytes));
         let engine = &self.inner.engine;
         let cached = self.inner.cache.as_ref().and_then(|c| c.load(engine, &sha256));
@@ -148,7 +150,8 @@ impl PluginRuntime {
                 (component, CacheOutcome::Compiled)
             }
         };
-        let meta = LoadMeta { path: path.to_owned(), sha256, outcome, load_time: started.elapsed() };
+        let meta =
+            LoadMeta { path: path.to_owned(), sha256, language, outcome, load_time: started.elapsed() };
         tracing::debug!(plugin = name, ?meta, "plugin loaded");
         Ok((component, meta))
     }
@@ -160,6 +163,8 @@ pub struct LoadMeta {
     pub path: PathBuf,
     /// sha256 of the .wasm file: the plugin's version in responses and pins.
     pub sha256: String,
+    /// The language it was written in: chooses its default limits.
+    pub language: Language,
     pub outcome: CacheOutcome,
     pub load_time: Duration,
 }

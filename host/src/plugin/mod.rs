@@ -23,5 +23,5 @@ pub use cache::{CacheOutcome, default_cache_dir};
 pub use engine::{Allocator, LoadMeta, PluginRuntime, RuntimeConfig};
 pub use error::{Cause, PluginError};
 pub use instance::{CallContext, Message, PluginStream, PostProcessor, PromptBuilder, StreamOutput};
-pub use limits::{Limits, MAX_MEMORY_BYTES};
+pub use limits::{LANGUAGE_SECTION, Language, Limits, MAX_MEMORY_BYTES};
 pub use registry::{default_plugins_dir, plugin_path, validate_plugin_name};
