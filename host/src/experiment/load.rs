@@ -74,25 +74,8 @@ impl Experiment {
     }
 }
 
-/// serde-saphyr appends the location to its messages; it is reported separately. (The same
-/// cleanup as the pipeline loader's, which keeps its own private.)
-fn strip_location(message: &str) -> String {
-    let m = message.trim();
-    for marker in [" at line ", "\n --> ", " --> "] {
-        if let Some(i) = m.rfind(marker) {
-            return m[..i].trim_end_matches([',', ' ']).to_owned();
-        }
-    }
-    m.to_owned()
-}
-
 pub fn parse(file: &Path, text: &str) -> Result<ExperimentSpec, LoadError> {
-    let options = serde_saphyr::options! { with_snippet: false };
-    serde_saphyr::from_str_with_options::<ExperimentSpec>(text, options).map_err(|e| {
-        let inner = e.without_snippet();
-        let message = strip_location(&inner.to_string());
-        LoadError::at(file, inner.location(), crate::pipeline::load::with_suggestion(&message))
-    })
+    crate::pipeline::load::parse_yaml(file, text)
 }
 
 fn loc<T>(s: &Spanned<T>) -> Option<Location> {

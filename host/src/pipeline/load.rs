@@ -234,8 +234,14 @@ fn is_identifier(name: &str) -> bool {
 /// Parses YAML text into the spec, turning parser errors into located one-liners with a
 /// "did you mean" for misspelt fields.
 pub fn parse(file: &Path, text: &str) -> Result<PipelineSpec, LoadError> {
+    parse_yaml(file, text)
+}
+
+/// Parses one YAML file of ours (pipelines, experiments) into `T` the same way: serde-saphyr
+/// without snippets, errors as located one-liners with a "did you mean".
+pub(crate) fn parse_yaml<T: serde::de::DeserializeOwned>(file: &Path, text: &str) -> Result<T, LoadError> {
     let options = serde_saphyr::options! { with_snippet: false };
-    serde_saphyr::from_str_with_options::<PipelineSpec>(text, options).map_err(|e| {
+    serde_saphyr::from_str_with_options::<T>(text, options).map_err(|e| {
         let inner = e.without_snippet();
         let message = strip_location(&inner.to_string());
         LoadError::at(file, inner.location(), with_suggestion(&message))
