@@ -66,6 +66,10 @@ impl Backend for CandleBackend {
         true
     }
 
+    fn engine_stats(&self) -> Option<model::EngineStats> {
+        Some(self.engine.stats())
+    }
+
     fn generate(&self, request: BackendRequest) -> Result<mpsc::Receiver<BackendEvent>, BackendError> {
         request.params.validate().map_err(BackendError::InvalidRequest)?;
         // The engine would clamp to the context; a client asking for more made a mistake.
@@ -95,6 +99,7 @@ impl Backend for CandleBackend {
                                 finish_reason: r.finish_reason,
                                 prefill_ms: r.prefill_ms,
                                 decode_tokens_per_s: r.decode_tokens_per_s,
+                                cached_tokens: r.cached_tokens,
                             }),
                             true,
                         ),

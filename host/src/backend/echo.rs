@@ -121,6 +121,7 @@ impl Backend for EchoBackend {
             finish_reason: finish,
             prefill_ms: 0.0,
             decode_tokens_per_s: if secs > 0.0 { completion_tokens as f64 / secs } else { 0.0 },
+            cached_tokens: 0,
         };
         if delay.is_zero() && text.len() <= QUEUE_AT_ONCE_BYTES {
             // A small answer with no delay is queued at once, without a thread (a thread per

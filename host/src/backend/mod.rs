@@ -163,6 +163,9 @@ pub struct BackendReport {
     pub prefill_ms: f64,
     /// Decoding speed (0 when the backend does not say).
     pub decode_tokens_per_s: f64,
+    /// Prompt tokens taken from the backend's prefix cache (0 when it has none or does not say).
+    #[serde(default)]
+    pub cached_tokens: usize,
 }
 
 /// Why a backend could not generate.
@@ -188,6 +191,10 @@ pub trait Backend: Send + Sync + 'static {
     fn name(&self) -> &str;
     /// Whether the backend can take requests now (`/readyz`).
     fn ready(&self) -> bool;
+    /// The local engine's batching figures, for `/metrics` (backends without one: `None`).
+    fn engine_stats(&self) -> Option<crate::model::EngineStats> {
+        None
+    }
     /// Starts generation. Dropping the receiver cancels it.
     fn generate(
         &self,

@@ -222,5 +222,6 @@ fn report(
         } else {
             0.0
         },
+        cached_tokens: 0,
     }
 }

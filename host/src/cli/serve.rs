@@ -14,7 +14,7 @@ use clap::{Args, ValueEnum};
 
 use super::say;
 use crate::backend::{self, Backend, CandleBackend, EchoBackend, EchoConfig, OpenAiBackend, OpenAiConfig};
-use crate::model::{self, DEFAULT_MODEL, DTypeChoice, DeviceChoice, Engine, ModelSpec};
+use crate::model::{self, DEFAULT_MODEL, DTypeChoice, DeviceChoice, Engine, EngineConfig, ModelSpec};
 use crate::pipeline::{BackendNames, Executor, Registry};
 use crate::plugin::{PluginRuntime, RuntimeConfig, default_cache_dir, default_plugins_dir};
 use crate::server::{self, AppState, ServerConfig};
@@ -78,6 +78,23 @@ pub struct ServeArgs {
     #[arg(long, env = "PIPEHOST_MAX_QUEUE", value_name = "N", default_value_t = 64,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_queue: u32,
+    /// candle: sequences decoded together in one batch at most.
+    #[arg(long, env = "PIPEHOST_MAX_BATCH", value_name = "N", default_value_t = 16,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_batch: u32,
+    /// candle: MiB for keys and values (running requests reserve their worst case, the prefix
+    /// cache uses the rest). Default: half the device's free memory after loading.
+    #[arg(long, env = "PIPEHOST_KV_CACHE_MB", value_name = "MB",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub kv_cache_mb: Option<u64>,
+    /// candle: prompt tokens fed per step while other requests are decoding (a long prompt is
+    /// prefilled in chunks so running streams keep flowing).
+    #[arg(long, env = "PIPEHOST_PREFILL_CHUNK", value_name = "N", default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub prefill_chunk: u32,
+    /// candle: do not keep computed prompt prefixes (system prompts) for later requests.
+    #[arg(long, env = "PIPEHOST_NO_PREFIX_CACHE")]
+    pub no_prefix_cache: bool,
     /// After SIGINT/SIGTERM, seconds in-flight requests may take before they are cut.
     #[arg(long, env = "PIPEHOST_DRAIN_SECS", value_name = "S", default_value_t = 30)]
     pub drain_secs: u64,
@@ -226,13 +243,17 @@ async fn build_backend(kind: BackendKind, args: &ServeArgs) -> Result<Arc<dyn Ba
             let mut spec = ModelSpec::new(&args.model);
             spec.device = args.device;
             spec.dtype = args.dtype;
-            let queue = args.max_queue as usize;
+            let mut config = EngineConfig::new(args.max_queue as usize);
+            config.max_batch = args.max_batch as usize;
+            config.kv_cache_bytes = args.kv_cache_mb.map(|mb| (mb as usize) << 20);
+            config.prefill_chunk = args.prefill_chunk as usize;
+            config.prefix_cache = !args.no_prefix_cache;
             let name = args.model.clone();
             say!("pipehost: loading {name} ...");
             let engine = tokio::task::spawn_blocking(move || -> Result<Engine> {
                 let model = model::load(&spec).with_context(|| format!("loading {name}"))?;
                 say!("{}", model.info());
-                Ok(Engine::start(model, queue))
+                Ok(Engine::start_with(model, config))
             })
             .await??;
             Arc::new(CandleBackend::new(Arc::new(engine)))

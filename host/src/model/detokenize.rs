@@ -7,12 +7,14 @@
 //! (candle-examples' `TokenOutputStream` holds back anything not alphanumeric).
 //! The concatenated deltas equal a one-shot decode of all ids.
 
+use std::sync::Arc;
+
 use tokenizers::Tokenizer;
 
 use super::error::{ModelError, Result};
 
-pub(crate) struct IncrementalDecoder<'a> {
-    tokenizer: &'a Tokenizer,
+pub(crate) struct IncrementalDecoder {
+    tokenizer: Arc<Tokenizer>,
     ids: Vec<u32>,
     /// Start of the window decoded for context (decoders may treat a first token specially).
     prefix_offset: usize,
@@ -21,8 +23,8 @@ pub(crate) struct IncrementalDecoder<'a> {
     skip_special_tokens: bool,
 }
 
-impl<'a> IncrementalDecoder<'a> {
-    pub fn new(tokenizer: &'a Tokenizer, skip_special_tokens: bool) -> Self {
+impl IncrementalDecoder {
+    pub fn new(tokenizer: Arc<Tokenizer>, skip_special_tokens: bool) -> Self {
         IncrementalDecoder {
             tokenizer,
             ids: Vec::new(),

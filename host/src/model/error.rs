@@ -60,6 +60,19 @@ pub enum ModelError {
     #[error("the model panicked during generation: {0}")]
     Panicked(String),
 
+    /// A batched forward step failed; every request in that step failed with it, the engine
+    /// serves the next ones.
+    #[error("the model's forward step failed: {0}")]
+    StepFailed(String),
+
+    /// The request's worst case (prompt plus `max_tokens`) needs more KV-cache memory than the
+    /// engine has in all.
+    #[error(
+        "the request needs {needed_mb} MB of KV cache (prompt plus max_tokens); the engine's budget is \
+         {budget_mb} MB (serve --kv-cache-mb): ask for fewer tokens or raise the budget"
+    )]
+    KvBudget { needed_mb: usize, budget_mb: usize },
+
     /// The engine's worker thread has stopped.
     #[error("the model engine has stopped")]
     EngineStopped,

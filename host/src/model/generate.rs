@@ -3,16 +3,19 @@
 
 use std::time::Instant;
 
-use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::chat_template::ChatMessage;
-use super::detokenize::IncrementalDecoder;
 use super::error::{ModelError, Result};
 use super::loader::{Model, ModelInfo};
-use super::sampling::{self, GenerationDefaults, Sampler, SamplingParams};
-use super::stop::{StopMatcher, StopOutcome};
+use super::qwen3::StepInput;
+use super::sampling::{self, GenerationDefaults, SamplingParams};
+use super::sequence::{Prepared, Sequence};
+
+/// Prompt tokens fed in one step when nothing else is running: big enough to keep the matmuls
+/// efficient, small enough to bound the activations' memory.
+pub(crate) const PREFILL_TOKENS_ALONE: usize = 512;
 
 /// What to generate from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -100,6 +103,12 @@ pub struct Report {
     pub decode_tokens_per_s: f64,
     /// The seed used (drawn when the request had none), to reproduce a sampled output.
     pub seed: u64,
+    /// Prompt tokens whose keys and values came from the prefix cache (not computed again).
+    #[serde(default)]
+    pub cached_tokens: usize,
+    /// Time from submission until the engine took the request into its batch.
+    #[serde(default)]
+    pub queue_ms: f64,
 }
 
 /// Brackets of the placeholders `chat_ids` puts where message contents held special tokens
@@ -201,7 +210,7 @@ impl Model {
     /// Tokenizes `text` with special-token strings split like ordinary text.
     fn encode_as_text(&self, text: &str) -> Result<Vec<u32>> {
         let tokenizer = self.plain_tokenizer.get_or_init(|| {
-            let mut plain = self.tokenizer.clone();
+            let mut plain = (*self.tokenizer).clone();
             plain.set_encode_special_tokens(true);
             plain
         });
@@ -235,147 +244,62 @@ impl Model {
         Ok(())
     }
 
-    /// One forward step at `offset`; returns the last position's logits, shape (vocab,).
-    fn forward(&mut self, ids: &[u32], offset: usize) -> Result<Tensor> {
-        let input = Tensor::new(ids, &self.device)?.unsqueeze(0)?;
-        Ok(self.lm.forward(&input, offset)?.flatten_all()?)
+    /// Resolves a request: prompt ids (checked), sampling parameters (a seed drawn when none
+    /// was given), the token limit within the context, the end tokens and stop strings.
+    pub(crate) fn prepare(&self, req: &GenerateRequest) -> Result<Prepared> {
+        let prompt_ids = self.prompt_ids(&req.prompt)?;
+        self.check_ids(&prompt_ids)?;
+        let params = sampling::resolve(&req.sampling, &self.defaults)?;
+        let room = self.info.max_context - prompt_ids.len();
+        let max_new = req.max_new_tokens.unwrap_or(self.defaults.max_new_tokens).min(room);
+        let eos = if req.ignore_eos { Vec::new() } else { self.defaults.eos_token_ids.clone() };
+        Ok(Prepared { prompt_ids, params, max_new, eos, stop: req.stop.clone() })
     }
 
     /// The last position's logits (f32) for `ids`, from a fresh KV cache. For tests and tools.
     pub fn last_logits(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
         self.check_ids(ids)?;
-        self.lm.clear_kv_cache();
-        let logits = self.forward(ids, 0)?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>();
-        self.lm.clear_kv_cache();
-        Ok(logits?)
+        let mut cache = self.lm.new_cache(ids.len())?;
+        let mut input = [StepInput { ids, cache: &mut cache, want_logits: true }];
+        let logits = self.lm.step(&mut input)?.pop().flatten().expect("logits were asked for");
+        Ok(logits.to_vec1::<f32>()?)
     }
 
     /// Feed `ids` one at a time through the KV cache and return the argmax after each: the
     /// decode path, position by position. For tests and tools.
     pub fn argmax_per_position(&mut self, ids: &[u32]) -> Result<Vec<u32>> {
         self.check_ids(ids)?;
-        self.lm.clear_kv_cache();
+        let mut cache = self.lm.new_cache(ids.len())?;
         let mut out = Vec::with_capacity(ids.len());
-        for (pos, &id) in ids.iter().enumerate() {
-            let logits = self.forward(&[id], pos)?;
+        for id in ids {
+            let mut input = [StepInput { ids: std::slice::from_ref(id), cache: &mut cache, want_logits: true }];
+            let logits = self.lm.step(&mut input)?.pop().flatten().expect("logits were asked for");
             out.push(logits.argmax(0)?.to_scalar::<u32>()?);
         }
-        self.lm.clear_kv_cache();
         Ok(out)
     }
 
-    /// Run one request to the end on this thread. `on_delta` gets each piece of text as it
-    /// becomes final, once per generated token (often ""); returning `false` cancels.
+    /// Run one request to the end on this thread, alone (the engine's batched loop runs the
+    /// same [`Sequence`] steps). `on_delta` gets each piece of text as it becomes final, once
+    /// per generated token (often ""); returning `false` cancels.
     pub fn generate(
         &mut self,
         req: &GenerateRequest,
         on_delta: &mut dyn FnMut(&str) -> bool,
     ) -> Result<Report> {
-        let prompt_ids = self.prompt_ids(&req.prompt)?;
-        self.check_ids(&prompt_ids)?;
-        let params = sampling::resolve(&req.sampling, &self.defaults)?;
-        let seed = params.seed;
-        let room = self.info.max_context - prompt_ids.len();
-        let max_new = req.max_new_tokens.unwrap_or(self.defaults.max_new_tokens).min(room);
-        let eos: &[u32] = if req.ignore_eos { &[] } else { &self.defaults.eos_token_ids };
-        let eos = eos.to_vec();
-
-        // A fresh cache per request: nothing from the previous conversation leaks in.
-        self.lm.clear_kv_cache();
-        let result = self.decode_loop(&prompt_ids, params, max_new, &eos, req, on_delta);
-        self.lm.clear_kv_cache();
-        let (token_ids, finish_reason, prefill_ms, decode_s) = result?;
-
-        let completion_tokens = token_ids.len();
-        let decode_tokens_per_s = if completion_tokens > 1 && decode_s > 0.0 {
-            (completion_tokens - 1) as f64 / decode_s
-        } else {
-            0.0
-        };
-        Ok(Report {
-            prompt_tokens: prompt_ids.len(),
-            prompt_ids,
-            completion_tokens,
-            token_ids,
-            finish_reason,
-            prefill_ms,
-            decode_tokens_per_s,
-            seed,
-        })
-    }
-
-    fn decode_loop(
-        &mut self,
-        prompt_ids: &[u32],
-        params: sampling::Resolved,
-        max_new: usize,
-        eos: &[u32],
-        req: &GenerateRequest,
-        on_delta: &mut dyn FnMut(&str) -> bool,
-    ) -> Result<(Vec<u32>, FinishReason, f64, f64)> {
-        let mut sampler = Sampler::new(params, prompt_ids);
-        let mut stop = StopMatcher::new(&req.stop);
-        let start = Instant::now();
-        let mut tokens: Vec<u32> = Vec::new();
-        let mut prefill_ms = 0.0;
-        let mut decode_start = start;
-        if max_new == 0 {
-            return Ok((tokens, FinishReason::Length, 0.0, 0.0));
-        }
-        // The decoder borrows the tokenizer while the loop needs `&mut self` for the forward
-        // pass; a clone of the (Arc-heavy) tokenizer per request is cheap compared to a forward.
-        let tokenizer = self.tokenizer.clone();
-        let mut text = IncrementalDecoder::new(&tokenizer, true);
-        let mut logits = self.forward(prompt_ids, 0)?;
-        let finish = loop {
-            let token = sampler.sample(&logits)?;
-            if tokens.is_empty() {
-                prefill_ms = start.elapsed().as_secs_f64() * 1000.0;
-                decode_start = Instant::now();
-            }
-            tokens.push(token);
-            sampler.push(token);
-            if eos.contains(&token) {
-                break FinishReason::Eos;
-            }
-            let delta = text.push(token)?;
-            match stop.push(&delta) {
-                StopOutcome::Emit(t) => {
-                    if !on_delta(&t) {
-                        break FinishReason::Cancelled;
-                    }
-                }
-                StopOutcome::Stopped(t) => {
-                    on_delta(&t);
-                    return Ok((
-                        tokens,
-                        FinishReason::Stop,
-                        prefill_ms,
-                        decode_start.elapsed().as_secs_f64(),
-                    ));
-                }
-            }
-            if tokens.len() >= max_new {
-                break FinishReason::Length;
-            }
-            let pos = prompt_ids.len() + tokens.len() - 1;
-            logits = self.forward(&[token], pos)?;
-        };
-        let decode_s = decode_start.elapsed().as_secs_f64();
-        if finish != FinishReason::Cancelled {
-            // The tail: an unfinished character, then text held for a stop string that never came.
-            let tail = text.finish()?;
-            let tail = match stop.push(&tail) {
-                StopOutcome::Emit(t) => t + &stop.finish(),
-                StopOutcome::Stopped(t) => {
-                    on_delta(&t);
-                    return Ok((tokens, FinishReason::Stop, prefill_ms, decode_s));
-                }
+        let submitted = Instant::now();
+        let prepared = self.prepare(req)?;
+        let cache = self.lm.new_cache(prepared.kv_tokens().max(1))?;
+        let mut seq = Sequence::new(prepared, cache, 0, self.tokenizer.clone(), submitted);
+        while seq.finished().is_none() {
+            let feed = seq.feed(PREFILL_TOKENS_ALONE);
+            let (ids, want_logits) = (feed.ids.to_vec(), feed.want_logits);
+            let logits = {
+                let mut input = [StepInput { ids: &ids, cache: &mut seq.cache, want_logits }];
+                self.lm.step(&mut input)?.pop().flatten()
             };
-            if !tail.is_empty() {
-                on_delta(&tail);
-            }
+            seq.advance(ids.len(), logits.as_ref(), on_delta)?;
         }
-        Ok((tokens, finish, prefill_ms, decode_s))
+        Ok(seq.report())
     }
 }

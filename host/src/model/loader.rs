@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 use candle_transformers::models::qwen3;
+
+use super::qwen3::Qwen3;
 use serde_json::Value;
 use tokenizers::Tokenizer;
 
@@ -376,6 +378,22 @@ pub(crate) fn dtype_name(dtype: DType) -> &'static str {
     }
 }
 
+/// Bytes free on `device` now: MemAvailable on the CPU, the driver's free memory on CUDA.
+pub(crate) fn free_memory(device: &Device) -> Option<usize> {
+    match device {
+        Device::Cpu => {
+            let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+            let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+            let kb: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kb * 1024)
+        }
+        #[cfg(feature = "cuda")]
+        Device::Cuda(cuda) => cuda.cuda_stream().context().mem_get_info().ok().map(|(free, _total)| free),
+        #[allow(unreachable_patterns)]
+        _ => None,
+    }
+}
+
 /// Parse config.json into candle's Qwen3 config, filling keys that some exports leave out
 /// (transformers 5 moves `rope_theta` into `rope_parameters`; older configs omit `head_dim`).
 pub(crate) fn parse_config(path: &Path) -> Result<qwen3::Config> {
@@ -423,8 +441,8 @@ pub(crate) fn parse_config(path: &Path) -> Result<qwen3::Config> {
 
 /// Everything the engine needs, loaded. Owned by one thread at a time (see [`super::Engine`]).
 pub struct Model {
-    pub(crate) lm: qwen3::ModelForCausalLM,
-    pub(crate) tokenizer: Tokenizer,
+    pub(crate) lm: Qwen3,
+    pub(crate) tokenizer: std::sync::Arc<Tokenizer>,
     pub(crate) template: Option<ChatTemplate>,
     pub(crate) defaults: GenerationDefaults,
     pub(crate) info: ModelInfo,
@@ -478,7 +496,7 @@ pub fn load(spec: &ModelSpec) -> Result<Model> {
         }
     }
     let vb = VarBuilder::from_backend(Box::new(tensors), dtype, device.clone());
-    let lm = qwen3::ModelForCausalLM::new(&config, vb)?;
+    let lm = Qwen3::load(&config, vb)?;
 
     let info = ModelInfo {
         name: spec.model.clone(),
@@ -493,7 +511,7 @@ pub fn load(spec: &ModelSpec) -> Result<Model> {
     let special_tokens = special_token_strings(&tokenizer);
     Ok(Model {
         lm,
-        tokenizer,
+        tokenizer: std::sync::Arc::new(tokenizer),
         template,
         defaults,
         info,

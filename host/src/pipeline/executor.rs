@@ -69,6 +69,8 @@ pub struct Usage {
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
     pub total_tokens: usize,
+    /// Prompt tokens the backend did not compute again (its prefix cache).
+    pub cached_tokens: usize,
 }
 
 /// One stage's part in a response.
@@ -431,6 +433,7 @@ fn usage(r: &BackendReport) -> Usage {
         prompt_tokens: r.prompt_tokens,
         completion_tokens: r.completion_tokens,
         total_tokens: r.prompt_tokens + r.completion_tokens,
+        cached_tokens: r.cached_tokens,
     }
 }
 
@@ -782,7 +785,7 @@ fn stream_worker(
     let usage = match &report {
         Some(r) => usage(r),
         // A backend that failed after the stop: the deltas read are all there is to count.
-        None => Usage { prompt_tokens: 0, completion_tokens: deltas, total_tokens: deltas },
+        None => Usage { prompt_tokens: 0, completion_tokens: deltas, total_tokens: deltas, cached_tokens: 0 },
     };
     let mut stages = vec![prompt_report];
     stages.extend(chain.reports());

@@ -43,6 +43,16 @@ pub struct Metrics {
     log_written: Counter,
     log_dropped: Family<Labels, Counter>,
     log_queued: Gauge,
+    engine_steps: Counter,
+    engine_step_sequences: Counter,
+    engine_batch: Gauge,
+    engine_running: Gauge,
+    engine_admitted: Counter,
+    engine_queue_wait: Counter<f64, std::sync::atomic::AtomicU64>,
+    prefix_lookup_tokens: Counter,
+    prefix_hit_tokens: Counter,
+    kv_bytes: Family<Labels, Gauge>,
+    kv_budget: Gauge,
     /// Serialises scrapes (the reload counters are brought up to date during one).
     scrape: Mutex<()>,
 }
@@ -70,6 +80,16 @@ impl Metrics {
             log_written: Counter::default(),
             log_dropped: Family::default(),
             log_queued: Gauge::default(),
+            engine_steps: Counter::default(),
+            engine_step_sequences: Counter::default(),
+            engine_batch: Gauge::default(),
+            engine_running: Gauge::default(),
+            engine_admitted: Counter::default(),
+            engine_queue_wait: Counter::default(),
+            prefix_lookup_tokens: Counter::default(),
+            prefix_hit_tokens: Counter::default(),
+            kv_bytes: Family::default(),
+            kv_budget: Gauge::default(),
             registry: Registry::default(),
             scrape: Mutex::new(()),
         };
@@ -165,7 +185,37 @@ impl Metrics {
             "Completions waiting for the request log's writer",
             m.log_queued.clone(),
         );
+        registry.register("pipehost_engine_steps", "Forward steps the model engine ran", m.engine_steps.clone());
+        registry.register("pipehost_engine_step_sequences", "Sequences summed over forward steps (divided by steps: the mean batch size)", m.engine_step_sequences.clone());
+        registry.register("pipehost_engine_batch_size", "Sequences in the latest forward step", m.engine_batch.clone());
+        registry.register("pipehost_engine_running", "Requests in the engine's batch now", m.engine_running.clone());
+        registry.register("pipehost_engine_admitted", "Requests taken into the engine's batch", m.engine_admitted.clone());
+        registry.register("pipehost_engine_queue_wait_seconds", "Time requests waited before joining the batch, summed (divided by admitted: the mean)", m.engine_queue_wait.clone());
+        registry.register("pipehost_prefix_cache_lookup_tokens", "Prompt tokens looked up in the prefix cache", m.prefix_lookup_tokens.clone());
+        registry.register("pipehost_prefix_cache_hit_tokens", "Prompt tokens found in the prefix cache (divided by lookup tokens: the hit rate)", m.prefix_hit_tokens.clone());
+        registry.register("pipehost_kv_cache_bytes", "KV-cache memory in use, by holder: sequences (reserved by running requests) or prefix", m.kv_bytes.clone());
+        registry.register("pipehost_kv_cache_budget_bytes", "KV-cache budget (--kv-cache-mb)", m.kv_budget.clone());
         Metrics { registry, ..m }
+    }
+
+    /// Brings the model engine's figures up to date (at scrape time).
+    pub fn engine(&self, s: &crate::model::EngineStats) {
+        let _guard = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
+        let catch_up = |c: &Counter, total: u64| c.inc_by(total.saturating_sub(c.get()));
+        catch_up(&self.engine_steps, s.steps);
+        catch_up(&self.engine_step_sequences, s.step_sequences);
+        catch_up(&self.engine_admitted, s.admitted);
+        catch_up(&self.prefix_lookup_tokens, s.prefix_lookup_tokens);
+        catch_up(&self.prefix_hit_tokens, s.prefix_hit_tokens);
+        let waited = s.queue_wait_s - self.engine_queue_wait.get();
+        if waited > 0.0 {
+            self.engine_queue_wait.inc_by(waited);
+        }
+        self.engine_batch.set(s.last_batch as i64);
+        self.engine_running.set(s.running as i64);
+        self.kv_bytes.get_or_create(&vec![("use", "sequences".to_owned())]).set(s.kv_sequences_bytes as i64);
+        self.kv_bytes.get_or_create(&vec![("use", "prefix".to_owned())]).set(s.kv_prefix_bytes as i64);
+        self.kv_budget.set(s.kv_budget_bytes as i64);
     }
 
     /// Brings the request log's counters up to date (at scrape time).

@@ -453,6 +453,9 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
     if let Some(store) = state.store() {
         state.metrics().store(&store.stats());
     }
+    if let Some(engine) = state.0.backend.engine_stats() {
+        state.metrics().engine(&engine);
+    }
     let body = state.metrics().render(
         state.queue_depth(),
         state.config().max_queue,

@@ -276,6 +276,7 @@ fn usage(record: &RunRecord) -> Value {
         "prompt_tokens": record.usage.prompt_tokens,
         "completion_tokens": record.usage.completion_tokens,
         "total_tokens": record.usage.total_tokens,
+        "prompt_tokens_details": { "cached_tokens": record.usage.cached_tokens },
     })
 }
 

@@ -1,0 +1,380 @@
+//! Our own Qwen3 forward pass: one step over several sequences at once, each at its own
+//! position with its own KV cache.
+//!
+//! candle-transformers' `qwen3` keeps one offset for the whole batch and has no per-sequence
+//! masks, so it can only batch sequences of equal length. Here the tokens of every sequence in
+//! a step are packed into one `(tokens, hidden)` matrix: the projections and the MLP (nearly
+//! all of the weights) run once over all of them, so a decode step for 8 sequences reads the
+//! weights once instead of 8 times. Only attention runs per sequence, against that sequence's
+//! own cache, so no sequence can see another's tokens and there is no padding to mask.
+//!
+//! The arithmetic per sequence is the one candle-transformers does (same RMSNorm, RoPE table,
+//! CPU flash-attention kernel), so a sequence gets the same logits (within float rounding of
+//! the matmul's row blocking) whatever runs beside it.
+
+use candle_core::{DType, Device, Module, Tensor};
+use candle_nn::attention::{AttnMask, flash_attn};
+use candle_nn::{Embedding, Linear, RmsNorm, VarBuilder};
+use candle_transformers::models::qwen3::Config;
+
+use super::error::Result;
+
+/// A weight matrix applied as `x @ W^T` to rows of `x`. One enum so that quantized matrices
+/// can take their place without the forward pass changing.
+#[derive(Debug, Clone)]
+pub(crate) enum Matrix {
+    Dense(Linear),
+}
+
+impl Matrix {
+    fn load(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<Self> {
+        let linear = if bias {
+            candle_nn::linear_b(in_dim, out_dim, true, vb)?
+        } else {
+            candle_nn::linear_no_bias(in_dim, out_dim, vb)?
+        };
+        Ok(Matrix::Dense(linear))
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            Matrix::Dense(linear) => linear.forward(x)?,
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Layer {
+    q: Matrix,
+    k: Matrix,
+    v: Matrix,
+    o: Matrix,
+    q_norm: RmsNorm,
+    k_norm: RmsNorm,
+    attn_norm: RmsNorm,
+    mlp_norm: RmsNorm,
+    gate: Matrix,
+    up: Matrix,
+    down: Matrix,
+}
+
+/// The shape facts the forward pass and the KV cache need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Dims {
+    pub layers: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub vocab: usize,
+}
+
+impl Dims {
+    /// Bytes of K and V for one token over all layers.
+    pub fn kv_bytes_per_token(&self, dtype: DType) -> usize {
+        self.layers * 2 * self.kv_heads * self.head_dim * dtype.size_in_bytes()
+    }
+}
+
+/// Qwen3 weights and the RoPE table.
+#[derive(Debug, Clone)]
+pub(crate) struct Qwen3 {
+    embed: Embedding,
+    layers: Vec<Layer>,
+    norm: RmsNorm,
+    lm_head: Matrix,
+    /// cos/sin of every position, `(max_positions, head_dim / 2)`, in the model's dtype.
+    cos: Tensor,
+    sin: Tensor,
+    dims: Dims,
+    device: Device,
+    dtype: DType,
+}
+
+/// One sequence's part of a step: the tokens to feed at the end of its cache, and whether the
+/// caller wants the logits after its last token (not for a prefill chunk with more to come).
+pub(crate) struct StepInput<'a> {
+    pub ids: &'a [u32],
+    pub cache: &'a mut SeqCache,
+    pub want_logits: bool,
+}
+
+impl Qwen3 {
+    pub fn load(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        let dtype = vb.dtype();
+        if dtype == DType::F64 {
+            return Err(candle_core::Error::Msg("Qwen3 runs in f32, bf16 or f16, not f64".into()).into());
+        }
+        let device = vb.device().clone();
+        let (h, d) = (cfg.hidden_size, cfg.head_dim);
+        let eps = cfg.rms_norm_eps;
+        let bias = cfg.attention_bias;
+        let embed = candle_nn::embedding(cfg.vocab_size, h, vb.pp("model.embed_tokens"))?;
+        let vb_layers = vb.pp("model.layers");
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let vb = vb_layers.pp(i);
+            let attn = vb.pp("self_attn");
+            let mlp = vb.pp("mlp");
+            layers.push(Layer {
+                q: Matrix::load(h, cfg.num_attention_heads * d, bias, attn.pp("q_proj"))?,
+                k: Matrix::load(h, cfg.num_key_value_heads * d, bias, attn.pp("k_proj"))?,
+                v: Matrix::load(h, cfg.num_key_value_heads * d, bias, attn.pp("v_proj"))?,
+                o: Matrix::load(cfg.num_attention_heads * d, h, bias, attn.pp("o_proj"))?,
+                q_norm: candle_nn::rms_norm(d, eps, attn.pp("q_norm"))?,
+                k_norm: candle_nn::rms_norm(d, eps, attn.pp("k_norm"))?,
+                attn_norm: candle_nn::rms_norm(h, eps, vb.pp("input_layernorm"))?,
+                mlp_norm: candle_nn::rms_norm(h, eps, vb.pp("post_attention_layernorm"))?,
+                gate: Matrix::load(h, cfg.intermediate_size, false, mlp.pp("gate_proj"))?,
+                up: Matrix::load(h, cfg.intermediate_size, false, mlp.pp("up_proj"))?,
+                down: Matrix::load(cfg.intermediate_size, h, false, mlp.pp("down_proj"))?,
+            });
+        }
+        let norm = candle_nn::rms_norm(h, eps, vb.pp("model.norm"))?;
+        let lm_head = if cfg.tie_word_embeddings {
+            Matrix::Dense(Linear::new(embed.embeddings().clone(), None))
+        } else {
+            Matrix::load(h, cfg.vocab_size, false, vb.pp("lm_head"))?
+        };
+        // The table candle-transformers builds: f32 frequencies, then the model's dtype.
+        let inv_freq: Vec<f32> =
+            (0..d).step_by(2).map(|i| 1f32 / cfg.rope_theta.powf(i as f64 / d as f64) as f32).collect();
+        let half = inv_freq.len();
+        let inv_freq = Tensor::from_vec(inv_freq, (1, half), &device)?;
+        let positions = Tensor::arange(0u32, cfg.max_position_embeddings as u32, &device)?
+            .to_dtype(DType::F32)?
+            .reshape((cfg.max_position_embeddings, 1))?;
+        let freqs = positions.matmul(&inv_freq)?;
+        Ok(Qwen3 {
+            embed,
+            layers,
+            norm,
+            lm_head,
+            cos: freqs.cos()?.to_dtype(dtype)?,
+            sin: freqs.sin()?.to_dtype(dtype)?,
+            dims: Dims {
+                layers: cfg.num_hidden_layers,
+                heads: cfg.num_attention_heads,
+                kv_heads: cfg.num_key_value_heads,
+                head_dim: d,
+                vocab: cfg.vocab_size,
+            },
+            device,
+            dtype,
+        })
+    }
+
+    pub fn dims(&self) -> Dims {
+        self.dims
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// An empty cache with room for `capacity` tokens.
+    pub fn new_cache(&self, capacity: usize) -> Result<SeqCache> {
+        SeqCache::new(self.dims, capacity, self.dtype, &self.device)
+    }
+
+    /// One forward step over every input at once. Each input's tokens are appended to its
+    /// cache. Returns, per input, the logits after its last token (f32, `(vocab,)`) when it
+    /// asked for them.
+    pub fn step(&self, inputs: &mut [StepInput<'_>]) -> Result<Vec<Option<Tensor>>> {
+        let Dims { heads, kv_heads, head_dim, .. } = self.dims;
+        let mut ids = Vec::new();
+        let mut positions = Vec::new();
+        let mut spans = Vec::with_capacity(inputs.len());
+        for input in inputs.iter() {
+            let start = input.cache.len();
+            if input.ids.is_empty() {
+                return Err(candle_core::Error::Msg("a step input without tokens".into()).into());
+            }
+            if start + input.ids.len() > input.cache.capacity() {
+                return Err(candle_core::Error::Msg(format!(
+                    "the sequence's KV cache holds {} tokens; {} more do not fit",
+                    input.cache.capacity(),
+                    input.ids.len()
+                ))
+                .into());
+            }
+            spans.push((ids.len(), input.ids.len(), start));
+            ids.extend_from_slice(input.ids);
+            positions.extend((start..start + input.ids.len()).map(|p| p as u32));
+        }
+        let total = ids.len();
+        let ids = Tensor::new(ids.as_slice(), &self.device)?;
+        let positions = Tensor::new(positions.as_slice(), &self.device)?;
+        let cos = self.cos.index_select(&positions, 0)?;
+        let sin = self.sin.index_select(&positions, 0)?;
+        let mut x = self.embed.forward(&ids)?; // (total, hidden)
+
+        for (l, layer) in self.layers.iter().enumerate() {
+            let h = layer.attn_norm.forward(&x)?;
+            let q = layer.q.forward(&h)?.reshape((total * heads, head_dim))?;
+            let k = layer.k.forward(&h)?.reshape((total * kv_heads, head_dim))?;
+            let v = layer.v.forward(&h)?.reshape((total, kv_heads, head_dim))?;
+            // Per-head RMSNorm, then RoPE at each token's own position ("thd": tokens, heads, dim).
+            let q = layer.q_norm.forward(&q)?.reshape((1, total, heads, head_dim))?;
+            let k = layer.k_norm.forward(&k)?.reshape((1, total, kv_heads, head_dim))?;
+            let q = candle_nn::rotary_emb::rope_thd(&q, &cos, &sin)?.reshape((total, heads, head_dim))?;
+            let k = candle_nn::rotary_emb::rope_thd(&k, &cos, &sin)?.reshape((total, kv_heads, head_dim))?;
+
+            let mut outputs = Vec::with_capacity(inputs.len());
+            for (input, &(at, n, start)) in inputs.iter_mut().zip(&spans) {
+                let (keys, values) = input.cache.write(l, start, &k.narrow(0, at, n)?, &v.narrow(0, at, n)?)?;
+                outputs.push(self.attend(&q.narrow(0, at, n)?, &keys, &values, start)?);
+            }
+            let attn = if outputs.len() == 1 { outputs.pop().expect("one output") } else { Tensor::cat(&outputs, 0)? };
+            x = (x + layer.o.forward(&attn)?)?;
+            let h = layer.mlp_norm.forward(&x)?;
+            let mlp = (layer.gate.forward(&h)?.silu()? * layer.up.forward(&h)?)?;
+            x = (x + layer.down.forward(&mlp)?)?;
+        }
+        for (input, &(_, n, start)) in inputs.iter_mut().zip(&spans) {
+            input.cache.set_len(start + n);
+        }
+
+        // Only the rows someone wants go through the final norm and the (large) vocabulary head.
+        let wanted: Vec<u32> = spans
+            .iter()
+            .zip(inputs.iter())
+            .filter(|(_, input)| input.want_logits)
+            .map(|(&(at, n, _), _)| (at + n - 1) as u32)
+            .collect();
+        let mut out = vec![None; inputs.len()];
+        if wanted.is_empty() {
+            return Ok(out);
+        }
+        let rows = x.index_select(&Tensor::new(wanted.as_slice(), &self.device)?, 0)?;
+        let logits = self.lm_head.forward(&self.norm.forward(&rows)?)?.to_dtype(DType::F32)?;
+        let mut row = 0;
+        for (slot, input) in out.iter_mut().zip(inputs.iter()) {
+            if input.want_logits {
+                *slot = Some(logits.get(row)?);
+                row += 1;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Causal attention of one sequence's new queries `(n, heads, head_dim)` over its cached
+    /// keys and values `(len, kv_heads, head_dim)`, the queries being at positions
+    /// `offset..offset + n`. Returns `(n, heads * head_dim)`.
+    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, offset: usize) -> Result<Tensor> {
+        let Dims { heads, kv_heads, head_dim, .. } = self.dims;
+        let n = q.dim(0)?;
+        let scale = 1.0 / (head_dim as f32).sqrt();
+        if self.device.is_cpu() {
+            // candle's fused CPU kernel (the one candle-transformers uses): (1, S, H, D) in,
+            // (1, H, S, D) out, GQA and the causal offset handled inside. It runs in f32.
+            let (q, k, v) = (q.unsqueeze(0)?, k.unsqueeze(0)?, v.unsqueeze(0)?);
+            let mask = AttnMask::causal_with_offset(offset);
+            let ctx = if self.dtype == DType::F32 {
+                flash_attn::<f32>(&q, &k, &v, scale, mask, None, None)?
+            } else {
+                let f = |t: &Tensor| t.to_dtype(DType::F32);
+                flash_attn::<f32>(&f(&q)?, &f(&k)?, &f(&v)?, scale, mask, None, None)?.to_dtype(self.dtype)?
+            };
+            return Ok(ctx.squeeze(0)?.transpose(0, 1)?.reshape((n, heads * head_dim))?);
+        }
+        // Any other device: plain matmul attention, (heads, n, len).
+        let len = k.dim(0)?;
+        let groups = heads / kv_heads;
+        let expand = |t: &Tensor| -> Result<Tensor> {
+            let t = t.transpose(0, 1)?; // (kv_heads, len, D)
+            Ok(if groups == 1 {
+                t.contiguous()?
+            } else {
+                t.unsqueeze(1)?.expand((kv_heads, groups, len, head_dim))?.reshape((heads, len, head_dim))?
+            })
+        };
+        let (k, v) = (expand(k)?, expand(v)?);
+        let q = q.transpose(0, 1)?.contiguous()?; // (heads, n, D)
+        let mut scores = (q.matmul(&k.t()?)? * f64::from(scale))?;
+        if n > 1 {
+            let mask: Vec<f32> = (0..n)
+                .flat_map(|i| (0..len).map(move |j| if j > offset + i { f32::NEG_INFINITY } else { 0.0 }))
+                .collect();
+            let mask = Tensor::from_vec(mask, (n, len), &self.device)?.to_dtype(scores.dtype())?;
+            scores = scores.broadcast_add(&mask)?;
+        }
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        Ok(probs.matmul(&v)?.transpose(0, 1)?.reshape((n, heads * head_dim))?)
+    }
+}
+
+/// One sequence's keys and values, per layer `(capacity, kv_heads, head_dim)`, filled from the
+/// front. Token-major so that the first `len` tokens are one contiguous slice the attention
+/// kernel reads without a copy, and a step writes its new tokens in place.
+pub(crate) struct SeqCache {
+    layers: Vec<(Tensor, Tensor)>,
+    len: usize,
+    capacity: usize,
+    bytes: usize,
+}
+
+impl SeqCache {
+    fn new(dims: Dims, capacity: usize, dtype: DType, device: &Device) -> Result<Self> {
+        let shape = (capacity, dims.kv_heads, dims.head_dim);
+        let mut layers = Vec::with_capacity(dims.layers);
+        for _ in 0..dims.layers {
+            // On the CPU zeros are calloc'ed: pages cost memory only once written.
+            layers.push((Tensor::zeros(shape, dtype, device)?, Tensor::zeros(shape, dtype, device)?));
+        }
+        Ok(SeqCache { layers, len: 0, capacity, bytes: capacity * dims.kv_bytes_per_token(dtype) })
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// The bytes this cache holds (reserved at creation).
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    fn set_len(&mut self, len: usize) {
+        self.len = len;
+    }
+
+    /// Writes `k`, `v` `(n, kv_heads, head_dim)` of `layer` at token `start`; returns the
+    /// layer's keys and values up to and including them.
+    fn write(&mut self, layer: usize, start: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (keys, values) = &self.layers[layer];
+        keys.slice_set(&k.contiguous()?, 0, start)?;
+        values.slice_set(&v.contiguous()?, 0, start)?;
+        let end = start + k.dim(0)?;
+        Ok((keys.narrow(0, 0, end)?, values.narrow(0, 0, end)?))
+    }
+
+    /// Copies `n` tokens from `start` of every layer out into fresh tensors (for the prefix
+    /// cache), one `(K, V)` pair per layer.
+    pub fn read_block(&self, start: usize, n: usize) -> Result<Vec<(Tensor, Tensor)>> {
+        let copy = |t: &Tensor| -> Result<Tensor> {
+            let part = t.narrow(0, start, n)?;
+            let out = Tensor::zeros(part.shape(), part.dtype(), part.device())?;
+            out.slice_set(&part, 0, 0)?;
+            Ok(out)
+        };
+        self.layers.iter().map(|(k, v)| Ok((copy(k)?, copy(v)?))).collect()
+    }
+
+    /// Appends a block read by [`Self::read_block`] (from any sequence with the same tokens
+    /// before it) at the end of this cache.
+    pub fn append_block(&mut self, block: &[(Tensor, Tensor)]) -> Result<()> {
+        let n = block.first().map(|(k, _)| k.dim(0)).transpose()?.unwrap_or(0);
+        if self.len + n > self.capacity {
+            return Err(candle_core::Error::Msg("a cached block does not fit the sequence's KV cache".into()).into());
+        }
+        for ((keys, values), (k, v)) in self.layers.iter().zip(block) {
+            keys.slice_set(k, 0, self.len)?;
+            values.slice_set(v, 0, self.len)?;
+        }
+        self.len += n;
+        Ok(())
+    }
+}
