@@ -265,6 +265,37 @@ impl Model {
         Ok(logits.to_vec1::<f32>()?)
     }
 
+    /// The last position's logits of several prompts computed together, as the batched engine
+    /// does: one packed step prefills every prompt but its last token, then one batched decode
+    /// step (each sequence at its own position) feeds the last tokens. For tests and tools.
+    pub fn last_logits_batched(&mut self, prompts: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
+        let mut caches = Vec::with_capacity(prompts.len());
+        for ids in prompts {
+            self.check_ids(ids)?;
+            caches.push(self.lm.new_cache(ids.len())?);
+        }
+        let mut prefill: Vec<StepInput<'_>> = prompts
+            .iter()
+            .zip(caches.iter_mut())
+            .filter(|(ids, _)| ids.len() > 1)
+            .map(|(ids, cache)| StepInput { ids: &ids[..ids.len() - 1], cache, want_logits: false })
+            .collect();
+        if !prefill.is_empty() {
+            self.lm.step(&mut prefill)?;
+        }
+        drop(prefill);
+        let mut decode: Vec<StepInput<'_>> = prompts
+            .iter()
+            .zip(caches.iter_mut())
+            .map(|(ids, cache)| StepInput { ids: &ids[ids.len() - 1..], cache, want_logits: true })
+            .collect();
+        self.lm
+            .step(&mut decode)?
+            .into_iter()
+            .map(|l| Ok(l.expect("logits were asked for").to_vec1::<f32>()?))
+            .collect()
+    }
+
     /// Feed `ids` one at a time through the KV cache and return the argmax after each: the
     /// decode path, position by position. For tests and tools.
     pub fn argmax_per_position(&mut self, ids: &[u32]) -> Result<Vec<u32>> {

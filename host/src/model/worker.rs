@@ -85,8 +85,9 @@ pub struct EngineStats {
     pub steps: u64,
     /// Sum over steps of the sequences in the step (divide by `steps` for the mean batch).
     pub step_sequences: u64,
-    /// Sequences in the most recent step.
+    /// Sequences in the most recent step, and the most in any step.
     pub last_batch: usize,
+    pub peak_batch: usize,
     /// Requests taken into the batch, and their summed wait in the queue (seconds).
     pub admitted: u64,
     pub queue_wait_s: f64,
@@ -529,6 +530,7 @@ impl Scheduler {
             s.steps += 1;
             s.step_sequences += sequences as u64;
             s.last_batch = sequences;
+            s.peak_batch = s.peak_batch.max(sequences);
         }
     }
 
