@@ -8,7 +8,9 @@
 #
 # Writes OUT_DIR/{nvidia-smi.txt, short.json, long.json, summary.md, *.log}:
 #   short: 128-token prompt, 256 new tokens, single stream (time to first token = prefill_ms);
-#   long:  the same at a 4K-token prompt.
+#   long:  the same at a 4K-token prompt;
+#   batch: 1, 8 and 32 concurrent greedy streams through the batching engine (aggregate and
+#          per-stream decode tokens/s; time to first token with a cached system prompt).
 # TOKENIZER_DIR: any folder with the Qwen3 tokenizer.json (default: the reference model in
 # ../shared/reference/tiny-qwen3 or shared/reference/tiny-qwen3).
 # For a dry run on a CPU build: SHAPE=qwen3-0.6b DEVICE=cpu DTYPE=f32 NEW=8 LONG=256 RUNS=1.
@@ -64,6 +66,10 @@ bench() { # name prompt-tokens
 }
 bench short "$prompt"
 bench long "$long"
+timeout 300 "$bin" bench model --model "$work/model" --device "$device" --dtype "$dtype" \
+  --prompt-tokens "$prompt" --new-tokens "$new" --runs "$runs" --concurrency "${LEVELS:-1,8,32}" --json \
+  >"$out/batch.json" 2>"$out/batch.log"
+cat "$out/batch.json"
 
 python3 - "$out" <<'EOF'
 import json, sys, pathlib
@@ -80,6 +86,14 @@ text = (f"{first['model']}, {first['dtype']} on {first['device']} ({gpu}), {firs
         f"median of {first['runs']} runs after a warm-up\n\n"
         "| prompt tokens | new tokens | time to first token | decode tokens/s | per token | load |\n"
         "|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
+b = json.loads((out / "batch.json").read_text())
+text += ("\n| streams | aggregate decode tokens/s | per stream | vs 1 stream | time to first token |\n"
+         "|---|---|---|---|---|\n" + "\n".join(
+             f"| {l['concurrency']} | {l['aggregate_tokens_per_s']:.1f} | {l['per_stream_tokens_per_s']:.1f} "
+             f"| {l['vs_one_stream']}x | {l['ttft_ms']:.1f} ms |" for l in b["levels"]) + "\n")
+pc = b["prefix_cache"]
+text += (f"\nPrefix cache: {pc['cached_tokens']} of {pc['prompt_tokens']} prompt tokens cached; time to first "
+         f"token {pc['ttft_cold_ms']:.1f} ms computed vs {pc['ttft_cached_ms']:.1f} ms cached.\n")
 (out / "summary.md").write_text(text)
 print(text)
 EOF

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
-use crate::model::{self, GenerateRequest, Model, Prompt, SamplingParams};
+use crate::model::{self, ChatMessage, Engine, EngineConfig, Event, GenerateRequest, Model, Prompt, SamplingParams};
 
 /// What `pipehost bench model` runs (its flags, parsed in `cli/bench.rs`).
 #[derive(Debug, Clone)]
@@ -110,4 +110,196 @@ pub fn run(load: impl FnOnce() -> Result<Model>, args: &ModelOptions) -> Result<
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A stream's timeline: when its first text and its end arrived, and its token count.
+struct Timeline {
+    first: Instant,
+    done: Instant,
+    tokens: usize,
+    ttft_ms: f64,
+}
+
+/// Runs `requests` at once through `engine` and times each from submission.
+fn run_together(engine: &Engine, requests: Vec<GenerateRequest>) -> Result<Vec<Timeline>> {
+    let submitted = Instant::now();
+    let streams: Vec<_> = requests.into_iter().map(|r| engine.submit_blocking(r)).collect::<Result<_, _>>()?;
+    let handles: Vec<_> = streams
+        .into_iter()
+        .map(|mut stream| {
+            std::thread::spawn(move || -> Result<Timeline> {
+                let mut first = None;
+                loop {
+                    match stream.recv_blocking() {
+                        Some(Event::Delta(_)) => {
+                            first.get_or_insert_with(Instant::now);
+                        }
+                        Some(Event::Done(report)) => {
+                            let done = Instant::now();
+                            let first = first.unwrap_or(done);
+                            return Ok(Timeline {
+                                first,
+                                done,
+                                tokens: report.completion_tokens,
+                                ttft_ms: (first - submitted).as_secs_f64() * 1000.0,
+                            });
+                        }
+                        Some(Event::Error(e)) => return Err(e.into()),
+                        None => bail!("the engine stopped"),
+                    }
+                }
+            })
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().map_err(|_| anyhow::anyhow!("a stream thread panicked"))?).collect()
+}
+
+/// A system prompt the size of a pipeline persona's (Role, Style, Constraints).
+const PERSONA: &str = "You are a warm, attentive writing companion who answers like a person, not a \
+manual. Role: a poet and essayist with a plain, concrete voice. Style: short sentences; images from daily \
+life; vary sentence openings; no stock phrases, no apologies, no lists, no headings. Constraints: at most six \
+lines for poems; never mention being an AI or a language model; answer in the language of the question; keep \
+names and facts the user gives exactly as given; end without a question unless one is asked.";
+
+/// `pipehost bench model --concurrency 1,4,8,16`: decode speed of N greedy streams decoded
+/// together, each with its own prompt (offsets into the paragraph, so no prefix is shared), and
+/// the time to first token of a chat request whose system prompt is cached vs not.
+pub fn run_concurrency(
+    load: impl FnOnce() -> Result<Model>,
+    args: &ModelOptions,
+    levels: &[usize],
+) -> Result<ExitCode> {
+    if args.new_tokens < 2 || args.runs == 0 || args.prompt_tokens == 0 || levels.contains(&0) {
+        bail!("need --new-tokens >= 2, --runs >= 1, --prompt-tokens >= 1 and levels >= 1");
+    }
+    let model = load()?;
+    let top = levels.iter().copied().max().unwrap_or(1);
+    let ids = model.encode(&TEXT.repeat((args.prompt_tokens + top) / 50 + 2))?;
+    let info = model.info().clone();
+    let mut config = EngineConfig::new(top * 2);
+    config.max_batch = top;
+    config.prefix_cache = false; // every level measures computed prompts
+    let engine = Engine::start_with(model, config);
+    let request = |i: usize| {
+        let mut r = GenerateRequest::new(Prompt::Ids(ids[i..i + args.prompt_tokens].to_vec()));
+        r.sampling = SamplingParams { temperature: Some(0.0), repetition_penalty: Some(1.0), ..Default::default() };
+        r.max_new_tokens = Some(args.new_tokens);
+        r.ignore_eos = true;
+        r
+    };
+    run_together(&engine, vec![request(0)])?; // warm-up
+    let mut rows = Vec::new();
+    for &n in levels {
+        let mut aggregate = Vec::new();
+        let mut per_stream = Vec::new();
+        let mut ttft = Vec::new();
+        for run in 1..=args.runs {
+            let lines = run_together(&engine, (0..n).map(request).collect())?;
+            // Decoding window: from the last stream's first token to the first stream's end, when
+            // all n decode together; tokens decoded in it are counted by rate.
+            let rates: Vec<f64> = lines
+                .iter()
+                .map(|l| (l.tokens.saturating_sub(1)) as f64 / (l.done - l.first).as_secs_f64().max(1e-9))
+                .collect();
+            let total: f64 = rates.iter().sum();
+            eprintln!("concurrency {n}, run {run}: aggregate {total:.2} tokens/s, per stream {:.2}", median(rates.clone()));
+            aggregate.push(total);
+            per_stream.push(median(rates));
+            ttft.push(median(lines.iter().map(|l| l.ttft_ms).collect()));
+        }
+        rows.push((n, median(aggregate), median(per_stream), median(ttft)));
+    }
+    drop(engine);
+
+    // Time to first token with the persona's system prompt cached vs computed.
+    let mut config = EngineConfig::new(4);
+    config.max_batch = 1;
+    let engine = Engine::start_with(load_again(&info)?, config);
+    let chat = |user: &str| {
+        let mut r = GenerateRequest::new(Prompt::Chat {
+            messages: vec![ChatMessage::new("system", PERSONA), ChatMessage::new("user", user)],
+            template_kwargs: Default::default(),
+        });
+        r.sampling = SamplingParams { temperature: Some(0.0), ..Default::default() };
+        r.max_new_tokens = Some(2);
+        r.ignore_eos = true;
+        r
+    };
+    let mut cold = Vec::new();
+    let mut warm = Vec::new();
+    let mut cached_tokens = 0;
+    let mut prompt_tokens = 0;
+    for run in 0..args.runs {
+        // A fresh system prompt each run (a different first word), then a second user on it.
+        let persona_run = format!("Run {run}. ");
+        let with = |user: &str| {
+            let mut r = chat(user);
+            if let Prompt::Chat { messages, .. } = &mut r.prompt {
+                messages[0].content.insert_str(0, &persona_run);
+            }
+            r
+        };
+        let first = engine.submit_blocking(with("Write about rain on a tin roof."))?.collect_blocking()?;
+        let second = engine.submit_blocking(with("写一首关于秋天的短诗。"))?.collect_blocking()?;
+        cold.push(first.1.prefill_ms);
+        warm.push(second.1.prefill_ms);
+        cached_tokens = second.1.cached_tokens;
+        prompt_tokens = second.1.prompt_tokens;
+    }
+    let (cold, warm) = (median(cold), median(warm));
+
+    let one = rows.iter().find(|r| r.0 == 1).map(|r| r.1);
+    if args.json {
+        let levels: Vec<_> = rows
+            .iter()
+            .map(|&(n, agg, per, ttft)| {
+                serde_json::json!({
+                    "concurrency": n,
+                    "aggregate_tokens_per_s": (agg * 1000.0).round() / 1000.0,
+                    "per_stream_tokens_per_s": (per * 1000.0).round() / 1000.0,
+                    "ttft_ms": (ttft * 10.0).round() / 10.0,
+                    "vs_one_stream": one.map(|o| (agg / o * 100.0).round() / 100.0),
+                })
+            })
+            .collect();
+        let out = serde_json::json!({
+            "engine": format!("pipehost {} / candle 0.11", env!("CARGO_PKG_VERSION")),
+            "model": info.name,
+            "device": info.device,
+            "dtype": info.dtype,
+            "threads": model::cpu_threads(),
+            "prompt_tokens": args.prompt_tokens,
+            "new_tokens": args.new_tokens,
+            "runs": args.runs,
+            "levels": levels,
+            "prefix_cache": {
+                "prompt_tokens": prompt_tokens,
+                "cached_tokens": cached_tokens,
+                "ttft_cold_ms": (cold * 10.0).round() / 10.0,
+                "ttft_cached_ms": (warm * 10.0).round() / 10.0,
+            },
+        });
+        println!("{out}");
+    } else {
+        println!("model       {} ({} on {}), {} threads", info.name, info.dtype, info.device, model::cpu_threads());
+        println!("streams  aggregate tok/s  per stream  vs 1 stream  TTFT (median of {})", args.runs);
+        for (n, agg, per, ttft) in &rows {
+            let ratio = one.map(|o| format!("{:.2}x", agg / o)).unwrap_or_default();
+            println!("{n:>7}  {agg:>15.2}  {per:>10.2}  {ratio:>11}  {ttft:>8.1} ms");
+        }
+        println!(
+            "prefix cache: {cached_tokens} of {prompt_tokens} prompt tokens cached; time to first token {cold:.1} ms \
+             computed vs {warm:.1} ms cached"
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The same model again (the first engine owns the first copy).
+fn load_again(info: &model::ModelInfo) -> Result<Model> {
+    let mut spec = model::ModelSpec::new(info.path.to_string_lossy());
+    spec.device = info.device.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+    spec.dtype = info.dtype.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+    spec.progress = false;
+    Ok(model::load(&spec)?)
 }

@@ -39,6 +39,10 @@ pub struct BenchModelArgs {
     /// Print one JSON object (the keys of pytorch_decode.py's output).
     #[arg(long)]
     pub json: bool,
+    /// Streams at once through the batching engine, e.g. 1,4,8,16: aggregate and per-stream
+    /// decode tokens/s at each level, and the time to first token with a cached system prompt.
+    #[arg(long, value_delimiter = ',')]
+    pub concurrency: Vec<usize>,
 }
 
 #[derive(Debug, Args)]
@@ -133,6 +137,9 @@ pub fn run(cmd: BenchCommand) -> Result<ExitCode> {
                 runs: args.runs,
                 json: args.json,
             };
+            if !args.concurrency.is_empty() {
+                return crate::bench::model::run_concurrency(|| args.model.load(), &options, &args.concurrency);
+            }
             crate::bench::model::run(|| args.model.load(), &options)
         }
         BenchCommand::Http(args) => crate::bench::http::run(args.into()),
