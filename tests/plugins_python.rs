@@ -18,12 +18,7 @@ use support::{capture_logs, component, test_cache_dir};
 fn runtime() -> &'static PluginRuntime {
     static RUNTIME: OnceLock<PluginRuntime> = OnceLock::new();
     RUNTIME.get_or_init(|| {
-        PluginRuntime::new(&RuntimeConfig {
-            cache_dir: Some(test_cache_dir()),
-            pooling: true,
-            ..RuntimeConfig::default()
-        })
-        .unwrap()
+        PluginRuntime::new(&RuntimeConfig { cache_dir: Some(test_cache_dir()), pooling: true }).unwrap()
     })
 }
 

@@ -53,11 +53,7 @@ pub fn runtime() -> PluginRuntime {
     static RUNTIME: OnceLock<PluginRuntime> = OnceLock::new();
     RUNTIME
         .get_or_init(|| {
-            let config = RuntimeConfig {
-                cache_dir: Some(test_cache_dir()),
-                pooling: true,
-                ..RuntimeConfig::default()
-            };
+            let config = RuntimeConfig { cache_dir: Some(test_cache_dir()), pooling: true };
             let runtime = PluginRuntime::new(&config).unwrap();
             for (name, krate) in PLUGINS {
                 let path = component(krate);

@@ -303,11 +303,8 @@ async fn expected_answers(
     }
     std::fs::write(plugins_dir.join("swap.wasm"), &variants[0])?;
     std::fs::write(pipelines.join("mix.yaml"), mix_yaml(versions[0], &good_tone(versions[0])))?;
-    let runtime = PluginRuntime::new(&RuntimeConfig {
-        cache_dir: Some(work.path().join("cache")),
-        pooling: false,
-        ..RuntimeConfig::default()
-    })?;
+    let runtime =
+        PluginRuntime::new(&RuntimeConfig { cache_dir: Some(work.path().join("cache")), pooling: false })?;
     let registry = Registry::load(&pipelines, &plugins_dir, runtime);
     let executor = Executor::new(crate::backend::echo(), HashMap::new());
     let mut out = HashMap::new();

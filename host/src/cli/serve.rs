@@ -116,11 +116,6 @@ pub struct ServeArgs {
     /// The playground still runs drafts.
     #[arg(long, env = "PIPEHOST_READ_ONLY")]
     pub read_only: bool,
-    /// Most plugin calls running at once (stream pushes included); more wait their turn, and a
-    /// call's deadline (`limits.time_ms`) starts when it is admitted [default: one per core].
-    #[arg(long, env = "PIPEHOST_PLUGIN_CONCURRENCY", value_name = "N",
-          value_parser = clap::value_parser!(u32).range(1..))]
-    pub plugin_concurrency: Option<u32>,
     /// echo: pause this many milliseconds before each chunk, to watch answers stream.
     #[arg(long, env = "PIPEHOST_ECHO_DELAY_MS", value_name = "MS", default_value_t = 0)]
     pub echo_delay_ms: u64,
@@ -158,13 +153,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
 
     let pipelines_dir = args.pipelines.clone().unwrap_or_else(crate::pipeline::default_pipelines_dir);
     let plugins_dir = args.plugins.clone().unwrap_or_else(default_plugins_dir);
-    let plugin_runtime = PluginRuntime::new(&RuntimeConfig {
-        cache_dir: default_cache_dir(),
-        pooling: true,
-        max_concurrent_calls: args.plugin_concurrency.map(|n| n as usize),
-    })
-    .context("starting the plugin runtime")?;
-    tracing::debug!(max_concurrent_calls = plugin_runtime.max_concurrent_calls(), "plugin runtime ready");
+    let plugin_runtime = PluginRuntime::new(&RuntimeConfig { cache_dir: default_cache_dir(), pooling: true })
+        .context("starting the plugin runtime")?;
     let registry = tokio::task::spawn_blocking({
         let (p, q) = (pipelines_dir.clone(), plugins_dir.clone());
         move || Registry::load_with_backends(&p, &q, plugin_runtime, BackendNames::Only(names))

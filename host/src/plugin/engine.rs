@@ -12,7 +12,6 @@ use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAlloc
 use super::bindings::{self, post, prompt};
 use super::cache::{CacheOutcome, CompileCache};
 use super::error::{Cause, PluginError};
-use super::gate::CallGate;
 use super::host_state::{CappedClock, HostState};
 use super::instance::{Loaded, PostProcessor, PromptBuilder};
 use super::limits::{Language, MAX_MEMORY_BYTES};
@@ -33,14 +32,11 @@ pub struct RuntimeConfig {
     /// Use the pooling allocator (falls back to on-demand allocation if the pool cannot be
     /// reserved, e.g. under a small `ulimit -v`).
     pub pooling: bool,
-    /// Most plugin calls (stream pushes included) running at once; more wait their turn,
-    /// their deadlines not yet started. `None`: one per core (`available_parallelism`).
-    pub max_concurrent_calls: Option<usize>,
 }
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
-        Self { cache_dir: super::cache::default_cache_dir(), pooling: true, max_concurrent_calls: None }
+        Self { cache_dir: super::cache::default_cache_dir(), pooling: true }
     }
 }
 
@@ -63,8 +59,6 @@ pub(crate) struct RuntimeInner {
     prompt_linker: Linker<HostState>,
     cache: Option<CompileCache>,
     allocator: Allocator,
-    /// Admission of calls: a deadline starts when its call is admitted (see `gate`).
-    pub(crate) gate: CallGate,
 }
 
 impl PluginRuntime {
@@ -104,19 +98,11 @@ impl PluginRuntime {
         )?;
 
         let cache = config.cache_dir.clone().map(|dir| CompileCache::new(dir, &engine));
-        let gate = CallGate::new(config.max_concurrent_calls.unwrap_or_else(CallGate::default_limit));
-        Ok(Self {
-            inner: Arc::new(RuntimeInner { engine, post_linker, prompt_linker, cache, allocator, gate }),
-        })
+        Ok(Self { inner: Arc::new(RuntimeInner { engine, post_linker, prompt_linker, cache, allocator }) })
     }
 
     pub fn allocator(&self) -> Allocator {
         self.inner.allocator
-    }
-
-    /// How many plugin calls may run at once (see [`RuntimeConfig::max_concurrent_calls`]).
-    pub fn max_concurrent_calls(&self) -> usize {
-        self.inner.gate.limit()
     }
 
     /// Loads a post-processor component. `name` is how errors and logs refer to it.

@@ -1,9 +1,6 @@
 //! Loaded plugins and their calls. Every call (every stream) runs in a fresh `Store` created
 //! from the pre-linked `InstancePre`, so a trap, timeout or memory-limit hit poisons nothing:
 //! the store is dropped and the next call starts clean.
-//!
-//! Every call, stream open, `push` and `finish` first waits for a permit of the runtime's
-//! [`CallGate`](super::gate::CallGate) (one per core) and only then arms its deadline.
 
 use std::sync::Arc;
 
@@ -78,9 +75,6 @@ impl<P> Loaded<P> {
         limits: &Limits,
         invoke: impl FnOnce(&mut Store<HostState>, &P) -> wasmtime::Result<Result<T, WitPluginError>>,
     ) -> Result<T, PluginError> {
-        // Admitted first, so the deadline (armed in `store`) runs from here, not from the
-        // queue. Dropped last: instantiation and the store's drop run admitted too.
-        let _admitted = self.runtime.gate.acquire();
         let mut store = self.store(ctx, limits);
         let result = invoke(&mut store, &self.pre);
         self.finish_call(&store, ctx, limits, result)
@@ -230,7 +224,6 @@ impl PostProcessor {
         limits: &Limits,
     ) -> Result<PluginStream, PluginError> {
         let inner = &*self.inner;
-        let admitted = inner.runtime.gate.acquire();
         let mut store = inner.store(ctx, limits);
         let result = inner.pre.instantiate(&mut store).and_then(|bindings| {
             let opened = bindings.pipehost_plugin_post_process().streamer().call_open(
@@ -240,7 +233,6 @@ impl PostProcessor {
             )?;
             Ok(opened.map(|handle| (bindings, handle)))
         });
-        drop(admitted);
         let (bindings, handle) = inner.finish_call(&store, ctx, limits, result)?;
         Ok(PluginStream {
             plugin: self.clone(),
@@ -276,19 +268,15 @@ pub struct PluginStream {
 }
 
 impl PluginStream {
-    /// Feeds a chunk. Each push has its own deadline of `limits.time_ms`, from its admission.
+    /// Feeds a chunk. Each push has its own deadline of `limits.time_ms`.
     pub fn push(&mut self, chunk: &str) -> Result<StreamOutput, PluginError> {
         self.ensure_open()?;
-        let result = {
-            // Each push is admitted on its own (the stream keeps its instance, not a permit).
-            let _admitted = self.plugin.inner.runtime.gate.acquire();
-            arm_deadline(&mut self.store, &self.limits);
-            self.bindings.pipehost_plugin_post_process().streamer().call_push(
-                &mut self.store,
-                self.handle,
-                chunk,
-            )
-        };
+        arm_deadline(&mut self.store, &self.limits);
+        let result = self.bindings.pipehost_plugin_post_process().streamer().call_push(
+            &mut self.store,
+            self.handle,
+            chunk,
+        );
         let out = self.settle(result)?;
         self.count_output(out.emit.len())?;
         Ok(StreamOutput { emit: out.emit, stop: out.stop })
@@ -297,11 +285,9 @@ impl PluginStream {
     /// Ends the stream and returns the held-back rest.
     pub fn finish(mut self) -> Result<String, PluginError> {
         self.ensure_open()?;
-        let result = {
-            let _admitted = self.plugin.inner.runtime.gate.acquire();
-            arm_deadline(&mut self.store, &self.limits);
-            self.bindings.pipehost_plugin_post_process().streamer().call_finish(&mut self.store, self.handle)
-        };
+        arm_deadline(&mut self.store, &self.limits);
+        let result =
+            self.bindings.pipehost_plugin_post_process().streamer().call_finish(&mut self.store, self.handle);
         let rest = self.settle(result)?;
         self.count_output(rest.len())?;
         self.state = StreamState::Finished;

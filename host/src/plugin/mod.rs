@@ -4,7 +4,6 @@
 //! - [`PluginRuntime`] owns the engine (pooling allocator, epoch deadlines), the linkers and
 //!   the on-disk compile cache; it loads [`PostProcessor`]s and [`PromptBuilder`]s.
 //! - Every call gets a fresh instance with its own [`Limits`] (time, memory, output size).
-//! - At most one call per core runs at once; a call's deadline starts when it is admitted.
 //! - Failures are [`PluginError`]s naming the plugin, the stage and the [`Cause`].
 //!
 //! Calls are synchronous: wasmtime-wasi's sync bindings start their own tokio runtime for
@@ -15,7 +14,6 @@ mod bindings;
 mod cache;
 mod engine;
 mod error;
-mod gate;
 mod host_state;
 mod instance;
 mod limits;
