@@ -310,3 +310,85 @@ fn sleeping_in_the_host_does_not_outlast_the_deadline() {
         evil().open_stream(&ctx(), r#"{"mode":"sleep","ms":5000,"in":"push"}"#, &Limits::default()).unwrap();
     assert!(matches!(stream.push("a").unwrap_err().cause, Cause::Timeout(_)));
 }
+/// Model-like text with repeats: `dedupe`'s work grows with it.
+fn sentences(bytes: usize) -> String {
+    let mut text = String::new();
+    let mut i = 0;
+    while text.len() < bytes {
+        text.push_str(&format!("这是第{}句话，天气很好。The sentence number {} is here. ", i % 97, i % 89));
+        i += 1;
+    }
+    text
+}
+
+#[test]
+fn deadlines_measure_the_call_not_the_queue() {
+    // A healthy CPU-bound call (dedupe on 32 KB) with a deadline five times what it takes alone,
+    // called by eight times as many threads as there are cores: each call shares a core with
+    // seven others for its whole run, so its wall-clock time is ~8x its own. A wall-clock
+    // deadline failed many of these calls (it measured the queue for the core); the deadline
+    // counts the call's own CPU time, so all succeed.
+    let dedupe = runtime().load_post_processor("dedupe", &component("dedupe")).unwrap();
+    let evil = evil();
+    let input = sentences(32 << 10);
+    let roomy = Limits { time_ms: 10_000, ..Limits::default() };
+    let expected = dedupe.process(&input, &ctx(), "{}", &roomy).unwrap();
+    let mut alone: Vec<Duration> = (0..5)
+        .map(|_| {
+            let t = Instant::now();
+            dedupe.process(&input, &ctx(), "{}", &roomy).unwrap();
+            t.elapsed()
+        })
+        .collect();
+    alone.sort();
+    let time_ms = (alone[2].as_millis() as u64 * 5).max(20);
+    let limits = Limits { time_ms, ..Limits::default() };
+
+    let threads = 8 * cores();
+    let started = Instant::now();
+    let (outcomes, looped) = std::thread::scope(|s| {
+        let calls: Vec<_> = (0..threads)
+            .map(|_| {
+                let (dedupe, input, expected) = (&dedupe, &input, &expected);
+                s.spawn(move || {
+                    (0..4)
+                        .map(|_| {
+                            let t = Instant::now();
+                            let out = dedupe.process(input, &ctx(), "{}", &limits);
+                            (out.map(|out| out == *expected), t.elapsed())
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        // An infinite loop in the same crowd is still stopped at its deadline.
+        let looped = s.spawn(|| {
+            let t = Instant::now();
+            (evil.process("x", &ctx(), r#"{"mode":"loop"}"#, &limits), t.elapsed())
+        });
+        let outcomes: Vec<_> = calls.into_iter().flat_map(|c| c.join().unwrap()).collect();
+        (outcomes, looped.join().unwrap())
+    });
+    // How many calls took longer than the deadline in wall-clock time (informative: the
+    // contention is real, a wall-clock deadline would have failed these).
+    let slow = outcomes.iter().filter(|(_, took)| took.as_millis() as u64 > time_ms).count();
+    eprintln!("{slow} of {} calls ran longer than {time_ms} ms of wall-clock time", outcomes.len());
+    let outcomes: Vec<_> = outcomes.into_iter().map(|(o, _)| o).collect();
+    let failed: Vec<_> = outcomes.iter().filter_map(|o| o.as_ref().err()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} calls failed (deadline {time_ms} ms, alone {alone:?}, {threads} threads, took {:?}): {}",
+        failed.len(),
+        outcomes.len(),
+        started.elapsed(),
+        failed[0]
+    );
+    assert!(outcomes.iter().all(|o| *o.as_ref().unwrap()), "an answer differed from the lone call's");
+    let (result, took) = looped;
+    assert_eq!(result.unwrap_err().cause, Cause::Timeout(Duration::from_millis(time_ms)));
+    assert!(took < Duration::from_secs(10), "the loop took {took:?}");
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}

@@ -32,6 +32,36 @@ pub(crate) struct HostState {
     pub(crate) deadline: Option<Instant>,
     /// Set when the guest asked to wait beyond `deadline`: its trap is a timeout.
     pub(crate) waited_past_deadline: bool,
+    /// The current call's time budget and how much of it is spent (see `instance::on_epoch`).
+    pub(crate) budget: CpuBudget,
+}
+
+/// What a call's deadline counts: the CPU time of the thread running it, not time spent
+/// waiting for a core. Read only when an epoch tick reaches a running call (a syscall, ~0.5 µs
+/// here), so a call shorter than a tick costs nothing.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct CpuBudget {
+    /// The limit, rounded up to whole ticks as wall-clock deadlines were.
+    pub(crate) limit: Duration,
+    /// When the call was armed.
+    pub(crate) armed_at: Option<Instant>,
+    /// At the first tick: the thread's CPU clock then and the time charged until then.
+    pub(crate) mark: Option<(Duration, Duration)>,
+}
+
+/// CPU time the calling thread has used (user + system).
+#[cfg(target_os = "linux")]
+pub(crate) fn thread_cpu_time() -> Option<Duration> {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, writable timespec; the clock id is a constant.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    (rc == 0).then(|| Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
+}
+
+/// Elsewhere deadlines stay wall-clock.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn thread_cpu_time() -> Option<Duration> {
+    None
 }
 
 impl HostState {
@@ -57,6 +87,7 @@ impl HostState {
             request_id: request_id.to_owned(),
             deadline: None,
             waited_past_deadline: false,
+            budget: CpuBudget::default(),
         }
     }
 
