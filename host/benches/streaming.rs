@@ -176,6 +176,7 @@ impl Backend for Lockstep {
                 finish_reason: FinishReason::Eos,
                 prefill_ms: 0.0,
                 decode_tokens_per_s: 0.0,
+                cached_tokens: 0,
             };
             results.lock().unwrap().push((latencies, held));
             let _ = tx.blocking_send(BackendEvent::Done(report));
