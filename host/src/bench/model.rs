@@ -6,7 +6,9 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
-use crate::model::{self, ChatMessage, Engine, EngineConfig, Event, GenerateRequest, Model, Prompt, SamplingParams};
+use crate::model::{
+    self, ChatMessage, Engine, EngineConfig, Event, GenerateRequest, Model, Prompt, SamplingParams,
+};
 
 /// What `pipehost bench model` runs (its flags, parsed in `cli/bench.rs`).
 #[derive(Debug, Clone)]
@@ -112,35 +114,48 @@ pub fn run(load: impl FnOnce() -> Result<Model>, args: &ModelOptions) -> Result<
     Ok(ExitCode::SUCCESS)
 }
 
-/// A stream's timeline: when its first text and its end arrived, and its token count.
+/// A stream's timeline: when each piece of text arrived (one per token here: the benchmark
+/// prompt's continuations are whole tokens of text), its end, and its time to first token.
 struct Timeline {
-    first: Instant,
+    deltas: Vec<Instant>,
     done: Instant,
-    tokens: usize,
     ttft_ms: f64,
+}
+
+/// Tokens per second decoded while all streams decode together: the window from the last
+/// stream's first token to the first stream's end, and the tokens that arrived in it.
+fn steady_rate(lines: &[Timeline]) -> f64 {
+    let start = lines.iter().filter_map(|l| l.deltas.first()).max().copied();
+    let end = lines.iter().map(|l| l.done).min();
+    let (Some(start), Some(end)) = (start, end) else { return 0.0 };
+    let window = (end - start).as_secs_f64();
+    if window <= 0.0 {
+        return 0.0;
+    }
+    let tokens: usize =
+        lines.iter().map(|l| l.deltas.iter().filter(|&&t| t > start && t <= end).count()).sum();
+    tokens as f64 / window
 }
 
 /// Runs `requests` at once through `engine` and times each from submission.
 fn run_together(engine: &Engine, requests: Vec<GenerateRequest>) -> Result<Vec<Timeline>> {
     let submitted = Instant::now();
-    let streams: Vec<_> = requests.into_iter().map(|r| engine.submit_blocking(r)).collect::<Result<_, _>>()?;
+    let streams: Vec<_> =
+        requests.into_iter().map(|r| engine.submit_blocking(r)).collect::<Result<_, _>>()?;
     let handles: Vec<_> = streams
         .into_iter()
         .map(|mut stream| {
             std::thread::spawn(move || -> Result<Timeline> {
-                let mut first = None;
+                let mut deltas = Vec::new();
                 loop {
                     match stream.recv_blocking() {
-                        Some(Event::Delta(_)) => {
-                            first.get_or_insert_with(Instant::now);
-                        }
-                        Some(Event::Done(report)) => {
+                        Some(Event::Delta(_)) => deltas.push(Instant::now()),
+                        Some(Event::Done(_)) => {
                             let done = Instant::now();
-                            let first = first.unwrap_or(done);
+                            let first = deltas.first().copied().unwrap_or(done);
                             return Ok(Timeline {
-                                first,
+                                deltas,
                                 done,
-                                tokens: report.completion_tokens,
                                 ttft_ms: (first - submitted).as_secs_f64() * 1000.0,
                             });
                         }
@@ -163,7 +178,9 @@ names and facts the user gives exactly as given; end without a question unless o
 
 /// `pipehost bench model --concurrency 1,4,8,16`: decode speed of N greedy streams decoded
 /// together, each with its own prompt (offsets into the paragraph, so no prefix is shared), and
-/// the time to first token of a chat request whose system prompt is cached vs not.
+/// the time to first token of a chat request whose system prompt is cached vs not. The decode
+/// rate is the steady state: tokens that arrived while all N streams were decoding, per second
+/// of that window (prefill steps of later arrivals fall outside it).
 pub fn run_concurrency(
     load: impl FnOnce() -> Result<Model>,
     args: &ModelOptions,
@@ -182,7 +199,8 @@ pub fn run_concurrency(
     let engine = Engine::start_with(model, config);
     let request = |i: usize| {
         let mut r = GenerateRequest::new(Prompt::Ids(ids[i..i + args.prompt_tokens].to_vec()));
-        r.sampling = SamplingParams { temperature: Some(0.0), repetition_penalty: Some(1.0), ..Default::default() };
+        r.sampling =
+            SamplingParams { temperature: Some(0.0), repetition_penalty: Some(1.0), ..Default::default() };
         r.max_new_tokens = Some(args.new_tokens);
         r.ignore_eos = true;
         r
@@ -195,16 +213,13 @@ pub fn run_concurrency(
         let mut ttft = Vec::new();
         for run in 1..=args.runs {
             let lines = run_together(&engine, (0..n).map(request).collect())?;
-            // Decoding window: from the last stream's first token to the first stream's end, when
-            // all n decode together; tokens decoded in it are counted by rate.
-            let rates: Vec<f64> = lines
-                .iter()
-                .map(|l| (l.tokens.saturating_sub(1)) as f64 / (l.done - l.first).as_secs_f64().max(1e-9))
-                .collect();
-            let total: f64 = rates.iter().sum();
-            eprintln!("concurrency {n}, run {run}: aggregate {total:.2} tokens/s, per stream {:.2}", median(rates.clone()));
+            let total = steady_rate(&lines);
+            eprintln!(
+                "concurrency {n}, run {run}: aggregate {total:.2} tokens/s, per stream {:.2}",
+                total / n as f64
+            );
             aggregate.push(total);
-            per_stream.push(median(rates));
+            per_stream.push(total / n as f64);
             ttft.push(median(lines.iter().map(|l| l.ttft_ms).collect()));
         }
         rows.push((n, median(aggregate), median(per_stream), median(ttft)));
@@ -281,7 +296,13 @@ pub fn run_concurrency(
         });
         println!("{out}");
     } else {
-        println!("model       {} ({} on {}), {} threads", info.name, info.dtype, info.device, model::cpu_threads());
+        println!(
+            "model       {} ({} on {}), {} threads",
+            info.name,
+            info.dtype,
+            info.device,
+            model::cpu_threads()
+        );
         println!("streams  aggregate tok/s  per stream  vs 1 stream  TTFT (median of {})", args.runs);
         for (n, agg, per, ttft) in &rows {
             let ratio = one.map(|o| format!("{:.2}x", agg / o)).unwrap_or_default();

@@ -26,6 +26,41 @@ pub(crate) enum Matrix {
     Dense(Linear),
 }
 
+/// Whether decode steps use our few-rows kernel ([`super::dense`]) rather than candle's
+/// matmul; `PIPEHOST_CPU_MATMUL=candle` turns it off, to compare the two side by side.
+fn own_kernel() -> bool {
+    static OWN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OWN.get_or_init(|| std::env::var("PIPEHOST_CPU_MATMUL").map_or(true, |v| v != "candle"))
+}
+
+/// `x · wᵀ` with [`super::dense::matmul`], for a CPU tensor `x: (m, k)` and `w: (n, k)`.
+fn dense_rows(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let (m, k) = x.dims2()?;
+    let n = w.dim(0)?;
+    let x32 = x.to_dtype(DType::F32)?.contiguous()?;
+    let mut y = vec![0f32; m * n];
+    {
+        let (xs, xl) = x32.storage_and_layout();
+        let (ws, wl) = w.storage_and_layout();
+        let (candle_core::Storage::Cpu(xs), candle_core::Storage::Cpu(ws)) = (&*xs, &*ws) else {
+            return Err(candle_core::Error::Msg("dense_rows runs on the CPU".into()).into());
+        };
+        let xv = &xs.as_slice::<f32>()?[xl.start_offset()..xl.start_offset() + m * k];
+        match w.dtype() {
+            DType::F32 => {
+                let wv = &ws.as_slice::<f32>()?[wl.start_offset()..wl.start_offset() + n * k];
+                super::dense::matmul(xv, m, k, wv, n, &mut y);
+            }
+            DType::BF16 => {
+                let wv = &ws.as_slice::<half::bf16>()?[wl.start_offset()..wl.start_offset() + n * k];
+                super::dense::matmul(xv, m, k, wv, n, &mut y);
+            }
+            other => return Err(candle_core::Error::Msg(format!("dense_rows: {other:?} weights")).into()),
+        }
+    }
+    Ok(Tensor::from_vec(y, (m, n), x.device())?.to_dtype(x.dtype())?)
+}
+
 impl Matrix {
     fn load(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<Self> {
         let linear = if bias {
@@ -38,7 +73,23 @@ impl Matrix {
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(match self {
-            Matrix::Dense(linear) => linear.forward(x)?,
+            Matrix::Dense(linear) => {
+                let w = linear.weight();
+                let rows = x.dim(0)?;
+                let fits = x.device().is_cpu()
+                    && rows <= super::dense::MAX_ROWS
+                    && matches!(w.dtype(), DType::F32 | DType::BF16)
+                    && w.is_contiguous();
+                if fits && own_kernel() {
+                    let y = dense_rows(x, w)?;
+                    match linear.bias() {
+                        Some(b) => y.broadcast_add(b)?,
+                        None => y,
+                    }
+                } else {
+                    linear.forward(x)?
+                }
+            }
         })
     }
 }
@@ -221,10 +272,15 @@ impl Qwen3 {
 
             let mut outputs = Vec::with_capacity(inputs.len());
             for (input, &(at, n, start)) in inputs.iter_mut().zip(&spans) {
-                let (keys, values) = input.cache.write(l, start, &k.narrow(0, at, n)?, &v.narrow(0, at, n)?)?;
+                let (keys, values) =
+                    input.cache.write(l, start, &k.narrow(0, at, n)?, &v.narrow(0, at, n)?)?;
                 outputs.push(self.attend(&q.narrow(0, at, n)?, &keys, &values, start)?);
             }
-            let attn = if outputs.len() == 1 { outputs.pop().expect("one output") } else { Tensor::cat(&outputs, 0)? };
+            let attn = if outputs.len() == 1 {
+                outputs.pop().expect("one output")
+            } else {
+                Tensor::cat(&outputs, 0)?
+            };
             x = (x + layer.o.forward(&attn)?)?;
             let h = layer.mlp_norm.forward(&x)?;
             let mlp = (layer.gate.forward(&h)?.silu()? * layer.up.forward(&h)?)?;
@@ -368,7 +424,10 @@ impl SeqCache {
     pub fn append_block(&mut self, block: &[(Tensor, Tensor)]) -> Result<()> {
         let n = block.first().map(|(k, _)| k.dim(0)).transpose()?.unwrap_or(0);
         if self.len + n > self.capacity {
-            return Err(candle_core::Error::Msg("a cached block does not fit the sequence's KV cache".into()).into());
+            return Err(candle_core::Error::Msg(
+                "a cached block does not fit the sequence's KV cache".into(),
+            )
+            .into());
         }
         for ((keys, values), (k, v)) in self.layers.iter().zip(block) {
             keys.slice_set(k, 0, self.len)?;

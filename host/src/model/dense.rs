@@ -1,0 +1,346 @@
+//! `y = x · Wᵀ` on the CPU for a few rows of `x` at once (a decode step of a batch): every
+//! weight row is read from memory once and multiplied with all rows of `x` while it is in L1.
+//!
+//! Why our own: decoding is memory-bound, and candle's CPU matmul (the `gemm` crate) takes a
+//! one-row product down a fast matrix-vector path but packs the weights and runs few threads
+//! for 2–16 rows, so a batch of 4 was slower than 4 single steps (measured: docs/performance.md).
+//! Here a batch of `m` rows costs about one weight read. Weights may be f32 or bf16 (widened in
+//! registers: half the bytes read per token). The kernel is compiled twice, for AVX2+FMA and
+//! for baseline x86-64, and picked at run time, so one binary is fast on any x86-64 CPU.
+
+use half::bf16;
+use rayon::prelude::*;
+
+/// Most rows this kernel takes; more rows (prefill) go to the matrix-matrix path, which
+/// reuses each weight across many rows through cache blocking.
+pub(crate) const MAX_ROWS: usize = 32;
+
+/// Weight elements the kernel reads.
+pub(crate) trait Weight: Copy + Send + Sync {
+    fn widen(self) -> f32;
+    /// Eight weights from `p` as f32 lanes.
+    ///
+    /// # Safety
+    /// `p` points to 8 readable elements, and the CPU has AVX2 (only called from
+    /// [`block_avx2`]).
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
+}
+
+impl Weight for f32 {
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        self
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256 {
+        // SAFETY: as the trait says.
+        unsafe { std::arch::x86_64::_mm256_loadu_ps(p) }
+    }
+}
+
+impl Weight for bf16 {
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        // bf16 is the top half of an f32.
+        f32::from_bits(u32::from(self.to_bits()) << 16)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        // SAFETY: as the trait says; widening is zero-extend to 32 bits, then shift left by 16.
+        unsafe {
+            let halves = _mm_loadu_si128(p.cast::<__m128i>());
+            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(halves)))
+        }
+    }
+}
+
+/// Output rows computed per rayon task: enough work to amortise scheduling (a 1024-wide row
+/// is 4 KB of weights).
+const ROWS_PER_TASK: usize = 16;
+/// Lanes of the accumulators: LLVM turns the lane loops into vector instructions.
+const LANES: usize = 16;
+
+/// `y[i][j] = Σ_k x[i][k] · w[j][k]` for `x: (m, k)`, `w: (n, k)` (both row-major), `y: (m, n)`.
+pub(crate) fn matmul<W: Weight>(x: &[f32], m: usize, k: usize, w: &[W], n: usize, y: &mut [f32]) {
+    assert!(m >= 1 && m <= MAX_ROWS, "{m} rows");
+    assert_eq!(x.len(), m * k);
+    assert_eq!(w.len(), n * k);
+    assert_eq!(y.len(), m * n);
+    // Computed transposed (one weight row's m results together), then scattered into y.
+    let mut yt = vec![0f32; n * m];
+    let simd = simd_available();
+    yt.par_chunks_mut(ROWS_PER_TASK * m).enumerate().for_each(|(task, out)| {
+        let first = task * ROWS_PER_TASK;
+        let rows = out.len() / m;
+        let w = &w[first * k..(first + rows) * k];
+        if simd {
+            // SAFETY: the CPU has AVX2 and FMA (checked at run time).
+            #[cfg(target_arch = "x86_64")]
+            unsafe {
+                block_avx2(x, m, k, w, out)
+            };
+        } else {
+            block(x, m, k, w, out);
+        }
+    });
+    for j in 0..n {
+        for i in 0..m {
+            y[i * n + j] = yt[j * m + i];
+        }
+    }
+}
+
+fn simd_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *AVX2.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// AVX2 + FMA with explicit 256-bit vectors (left to itself, LLVM vectorised the portable
+/// kernel 128 bits wide here and ran at a quarter of the speed). Two weight rows at a time, so
+/// that every load of `x` feeds two multiply-adds.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn block_avx2<W: Weight>(x: &[f32], m: usize, k: usize, w: &[W], out: &mut [f32]) {
+    let rows: Vec<&[f32]> = x.chunks_exact(k).collect();
+    let n = out.len() / m;
+    let mut j = 0;
+    while j < n {
+        let pair = (n - j).min(2);
+        let w0 = &w[j * k..(j + 1) * k];
+        let w1 = if pair == 2 { &w[(j + 1) * k..(j + 2) * k] } else { w0 };
+        let mut i = 0;
+        while i < m {
+            let g = GROUP.min(m - i);
+            // SAFETY: AVX2/FMA are present (the caller checked); rows and weights are k long.
+            let (a, b) = unsafe {
+                match g {
+                    1 => widen_pair(dots_avx2::<W, 1>(w0, w1, [rows[i]])),
+                    2 => widen_pair(dots_avx2::<W, 2>(w0, w1, [rows[i], rows[i + 1]])),
+                    3 => widen_pair(dots_avx2::<W, 3>(w0, w1, [rows[i], rows[i + 1], rows[i + 2]])),
+                    _ => widen_pair(dots_avx2::<W, GROUP>(
+                        w0,
+                        w1,
+                        [rows[i], rows[i + 1], rows[i + 2], rows[i + 3]],
+                    )),
+                }
+            };
+            out[j * m + i..j * m + i + g].copy_from_slice(&a[..g]);
+            if pair == 2 {
+                out[(j + 1) * m + i..(j + 1) * m + i + g].copy_from_slice(&b[..g]);
+            }
+            i += g;
+        }
+        j += pair;
+    }
+}
+
+/// Pads a pair of `G`-arrays to `GROUP` so the caller's match arms have one type.
+#[inline(always)]
+fn widen_pair<const G: usize>((a, b): ([f32; G], [f32; G])) -> ([f32; GROUP], [f32; GROUP]) {
+    let mut wa = [0f32; GROUP];
+    let mut wb = [0f32; GROUP];
+    wa[..G].copy_from_slice(&a);
+    wb[..G].copy_from_slice(&b);
+    (wa, wb)
+}
+
+/// The dot products of weight rows `w0` and `w1` with `G` rows of `x`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn dots_avx2<W: Weight, const G: usize>(w0: &[W], w1: &[W], xs: [&[f32]; G]) -> ([f32; G], [f32; G]) {
+    use std::arch::x86_64::*;
+    let k = w0.len();
+    let full = k / 8 * 8;
+    let mut acc0 = [_mm256_setzero_ps(); G];
+    let mut acc1 = [_mm256_setzero_ps(); G];
+    let mut c = 0;
+    while c < full {
+        // SAFETY: c + 8 <= k, and both weight rows and every x row are k long.
+        unsafe {
+            let a = W::load8(w0.as_ptr().add(c));
+            let b = W::load8(w1.as_ptr().add(c));
+            for g in 0..G {
+                let xv = _mm256_loadu_ps(xs[g].as_ptr().add(c));
+                acc0[g] = _mm256_fmadd_ps(a, xv, acc0[g]);
+                acc1[g] = _mm256_fmadd_ps(b, xv, acc1[g]);
+            }
+        }
+        c += 8;
+    }
+    let sum = |v: __m256| {
+        let mut lanes = [0f32; 8];
+        // SAFETY: 8 floats of room.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), v) };
+        lanes.iter().sum::<f32>()
+    };
+    let mut out0 = [0f32; G];
+    let mut out1 = [0f32; G];
+    for g in 0..G {
+        let (mut s0, mut s1) = (sum(acc0[g]), sum(acc1[g]));
+        for t in full..k {
+            s0 = w0[t].widen().mul_add(xs[g][t], s0);
+            s1 = w1[t].widen().mul_add(xs[g][t], s1);
+        }
+        out0[g] = s0;
+        out1[g] = s1;
+    }
+    (out0, out1)
+}
+
+/// Baseline x86-64 (and other CPUs): portable code, separate multiply and add (a fused one would
+/// be a libm call without FMA).
+fn block<W: Weight>(x: &[f32], m: usize, k: usize, w: &[W], out: &mut [f32]) {
+    kernel(x, m, k, w, out, |a, b, c| a * b + c)
+}
+
+/// Rows of `x` per pass over a weight row: 4 rows × 2 accumulators (8 AVX2 registers) leave
+/// room for the weights.
+const GROUP: usize = 4;
+
+#[inline(always)]
+fn kernel<W: Weight>(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &[W],
+    out: &mut [f32],
+    fma: impl Fn(f32, f32, f32) -> f32 + Copy,
+) {
+    let rows: Vec<&[f32]> = x.chunks_exact(k).collect();
+    for (row, out) in w.chunks_exact(k).zip(out.chunks_exact_mut(m)) {
+        let mut i = 0;
+        while i < m {
+            match m - i {
+                1 => out[i] = dots::<W, 1>(row, [rows[i]], fma)[0],
+                2 => out[i..i + 2].copy_from_slice(&dots::<W, 2>(row, [rows[i], rows[i + 1]], fma)),
+                3 => out[i..i + 3].copy_from_slice(&dots::<W, 3>(
+                    row,
+                    [rows[i], rows[i + 1], rows[i + 2]],
+                    fma,
+                )),
+                _ => out[i..i + GROUP].copy_from_slice(&dots::<W, GROUP>(
+                    row,
+                    [rows[i], rows[i + 1], rows[i + 2], rows[i + 3]],
+                    fma,
+                )),
+            }
+            i += GROUP.min(m - i);
+        }
+    }
+}
+
+/// The dot products of one weight row with `G` rows of `x`, with `G × LANES` accumulators that
+/// stay in registers (`G` is a constant, so the loops unroll).
+#[inline(always)]
+fn dots<W: Weight, const G: usize>(
+    row: &[W],
+    xs: [&[f32]; G],
+    fma: impl Fn(f32, f32, f32) -> f32 + Copy,
+) -> [f32; G] {
+    let (wc, wt) = row.as_chunks::<LANES>();
+    let xc: [&[[f32; LANES]]; G] = xs.map(|x| x.as_chunks::<LANES>().0);
+    for x in &xc {
+        assert_eq!(x.len(), wc.len());
+    }
+    let mut acc = [[0f32; LANES]; G];
+    for (c, w) in wc.iter().enumerate() {
+        let mut wv = [0f32; LANES];
+        for l in 0..LANES {
+            wv[l] = w[l].widen();
+        }
+        for g in 0..G {
+            let xv = &xc[g][c];
+            for l in 0..LANES {
+                acc[g][l] = fma(wv[l], xv[l], acc[g][l]);
+            }
+        }
+    }
+    let full = wc.len() * LANES;
+    let mut out = [0f32; G];
+    for g in 0..G {
+        let mut sum: f32 = acc[g].iter().sum();
+        for (t, w) in wt.iter().enumerate() {
+            sum = fma(w.widen(), xs[g][full + t], sum);
+        }
+        out[g] = sum;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reference(x: &[f32], m: usize, k: usize, w: &[f32], n: usize) -> Vec<f32> {
+        let mut y = vec![0f32; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                y[i * n + j] =
+                    (0..k).map(|c| f64::from(x[i * k + c]) * f64::from(w[j * k + c])).sum::<f64>() as f32;
+            }
+        }
+        y
+    }
+
+    /// A deterministic stream of values in [-1, 1).
+    fn values(seed: u64, len: usize) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (0..len)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn matches_a_plain_product_for_odd_shapes_and_both_code_paths() {
+        for &(m, k, n) in &[(1, 64, 7), (3, 100, 33), (4, 1024, 17), (7, 17, 5), (32, 256, 40), (9, 1, 3)] {
+            let x = values(1, m * k);
+            let w = values(2, n * k);
+            let want = reference(&x, m, k, &w, n);
+            let mut got = vec![0f32; m * n];
+            matmul(&x, m, k, &w, n, &mut got);
+            let mut baseline = vec![0f32; m * n];
+            // The baseline (non-SIMD) block directly, transposed like the parallel path.
+            let mut yt = vec![0f32; n * m];
+            block(&x, m, k, &w, &mut yt);
+            for j in 0..n {
+                for i in 0..m {
+                    baseline[i * n + j] = yt[j * m + i];
+                }
+            }
+            let tol = 1e-5 * k as f32;
+            for (idx, ((g, b), r)) in got.iter().zip(&baseline).zip(&want).enumerate() {
+                assert!((g - r).abs() <= tol, "m={m} k={k} n={n} [{idx}]: {g} vs {r}");
+                assert!((b - r).abs() <= tol, "baseline m={m} k={k} n={n} [{idx}]: {b} vs {r}");
+            }
+        }
+    }
+
+    #[test]
+    fn bf16_weights_are_widened_exactly() {
+        let (m, k, n) = (5, 96, 11);
+        let x = values(3, m * k);
+        let w: Vec<bf16> = values(4, n * k).into_iter().map(bf16::from_f32).collect();
+        let wide: Vec<f32> = w.iter().map(|v| v.to_f32()).collect();
+        let want = reference(&x, m, k, &wide, n);
+        let mut got = vec![0f32; m * n];
+        matmul(&x, m, k, &w, n, &mut got);
+        for (g, r) in got.iter().zip(&want) {
+            assert!((g - r).abs() <= 1e-5 * k as f32, "{g} vs {r}");
+        }
+    }
+}
