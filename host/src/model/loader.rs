@@ -11,7 +11,7 @@ use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 use candle_transformers::models::qwen3;
 
-use super::qwen3::Qwen3;
+use super::qwen3::{HfWeights, Qwen3};
 use serde_json::Value;
 use tokenizers::Tokenizer;
 
@@ -496,7 +496,7 @@ pub fn load(spec: &ModelSpec) -> Result<Model> {
         }
     }
     let vb = VarBuilder::from_backend(Box::new(tensors), dtype, device.clone());
-    let lm = Qwen3::load(&config, vb)?;
+    let lm = Qwen3::load(&config, &HfWeights { vb, quant: None })?;
 
     let info = ModelInfo {
         name: spec.model.clone(),

@@ -16,6 +16,7 @@ pub mod fixture;
 mod generate;
 mod loader;
 mod prefix_cache;
+mod quant;
 mod qwen3;
 mod random_model;
 mod sampling;
