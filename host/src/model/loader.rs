@@ -11,6 +11,7 @@ use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 use candle_transformers::models::qwen3;
 
+use super::quant::QuantKind;
 use super::qwen3::{HfWeights, Qwen3};
 use serde_json::Value;
 use tokenizers::Tokenizer;
@@ -90,7 +91,68 @@ impl DTypeChoice {
     }
 }
 
-/// What to load: `model` is a local HuggingFace model folder or a hub id.
+/// Quantized weights (CPU only; activations stay f32).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum QuantChoice {
+    /// On the CPU with `--dtype auto`: [`CPU_DEFAULT_QUANT`]; otherwise none. An explicit
+    /// `--dtype f32` stays exact (no quantization).
+    #[default]
+    Auto,
+    None,
+    Q8_0,
+    Q4K,
+}
+
+/// What `--quantize auto` picks on the CPU (see docs/performance.md for the measurements).
+pub const CPU_DEFAULT_QUANT: QuantChoice = QuantChoice::Q8_0;
+
+impl FromStr for QuantChoice {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(QuantChoice::Auto),
+            "none" | "off" => Ok(QuantChoice::None),
+            "q8_0" | "q8" => Ok(QuantChoice::Q8_0),
+            "q4_k" | "q4k" => Ok(QuantChoice::Q4K),
+            _ => Err(format!("unknown quantization {s:?}: expected auto, none, q8_0 or q4_k")),
+        }
+    }
+}
+
+impl QuantChoice {
+    pub(crate) fn kind(self) -> Option<QuantKind> {
+        match self {
+            QuantChoice::Q8_0 => Some(QuantKind::Q8_0),
+            QuantChoice::Q4K => Some(QuantKind::Q4K),
+            _ => None,
+        }
+    }
+
+    /// The quantization a safetensors checkpoint is loaded with.
+    pub(crate) fn resolve(self, dtype: DTypeChoice, device: &Device) -> Result<Option<QuantKind>> {
+        match self {
+            QuantChoice::None => Ok(None),
+            QuantChoice::Auto if device.is_cpu() && dtype == DTypeChoice::Auto => Ok(CPU_DEFAULT_QUANT.kind()),
+            QuantChoice::Auto => Ok(None),
+            explicit => {
+                if !device.is_cpu() {
+                    return Err(ModelError::Device(
+                        "quantized weights (--quantize) run on the CPU only; use --device cpu or --quantize none"
+                            .into(),
+                    ));
+                }
+                if matches!(dtype, DTypeChoice::Bf16 | DTypeChoice::F16) {
+                    return Err(ModelError::Device(
+                        "quantized weights run with f32 activations: use --dtype auto or f32 with --quantize".into(),
+                    ));
+                }
+                Ok(explicit.kind())
+            }
+        }
+    }
+}
+
+/// What to load: `model` is a local HuggingFace model folder, a hub id, or a `.gguf` file.
 #[derive(Debug, Clone)]
 pub struct ModelSpec {
     pub model: String,
@@ -98,6 +160,8 @@ pub struct ModelSpec {
     pub revision: Option<String>,
     pub device: DeviceChoice,
     pub dtype: DTypeChoice,
+    /// Quantize the weights as they load (safetensors only; a GGUF file runs as stored).
+    pub quantize: QuantChoice,
     /// Show a download progress bar on stderr when fetching from the hub.
     pub progress: bool,
 }
@@ -109,6 +173,7 @@ impl ModelSpec {
             revision: None,
             device: DeviceChoice::Auto,
             dtype: DTypeChoice::Auto,
+            quantize: QuantChoice::Auto,
             progress: true,
         }
     }
@@ -123,6 +188,8 @@ pub struct ModelInfo {
     pub path: PathBuf,
     pub device: String,
     pub dtype: String,
+    /// `none`, or the weights' quantization (`q8_0`, `q4_k`; a GGUF file's main type).
+    pub quantization: String,
     pub parameters: u64,
     pub load_time: Duration,
     pub vocab_size: usize,
@@ -133,12 +200,16 @@ impl fmt::Display for ModelInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let p = self.parameters as f64;
         let params = if p >= 1e9 { format!("{:.2}B", p / 1e9) } else { format!("{:.1}M", p / 1e6) };
+        let weights = if self.quantization == "none" {
+            self.dtype.clone()
+        } else {
+            format!("{} weights, {} activations", self.quantization, self.dtype)
+        };
         write!(
             f,
-            "loaded {} ({params} parameters) on {} as {} in {:.2} s",
+            "loaded {} ({params} parameters) on {} as {weights} in {:.2} s",
             self.name,
             self.device,
-            self.dtype,
             self.load_time.as_secs_f64()
         )
     }
@@ -159,7 +230,7 @@ pub(crate) struct ModelFiles {
 const INDEX: &str = "model.safetensors.index.json";
 const SINGLE: &str = "model.safetensors";
 
-fn read_json(path: &Path) -> Result<Value> {
+pub(crate) fn read_json(path: &Path) -> Result<Value> {
     let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
     serde_json::from_str(&text)
         .map_err(|e| ModelError::BadConfig { path: path.to_owned(), message: e.to_string() })
@@ -397,8 +468,12 @@ pub(crate) fn free_memory(device: &Device) -> Option<usize> {
 /// Parse config.json into candle's Qwen3 config, filling keys that some exports leave out
 /// (transformers 5 moves `rope_theta` into `rope_parameters`; older configs omit `head_dim`).
 pub(crate) fn parse_config(path: &Path) -> Result<qwen3::Config> {
+    parse_config_value(read_json(path)?, path)
+}
+
+/// [`parse_config`] of a config already read (`path` names it in errors).
+pub(crate) fn parse_config_value(mut json: Value, path: &Path) -> Result<qwen3::Config> {
     let bad = |message: String| ModelError::BadConfig { path: path.to_owned(), message };
-    let mut json = read_json(path)?;
     let obj = json.as_object_mut().ok_or_else(|| bad("not a JSON object".into()))?;
     let model_type = obj.get("model_type").and_then(Value::as_str).unwrap_or("");
     if model_type != "qwen3" {
@@ -465,10 +540,14 @@ impl fmt::Debug for Model {
 /// chat template and generation defaults.
 pub fn load(spec: &ModelSpec) -> Result<Model> {
     let start = Instant::now();
+    if super::gguf::is_gguf(&spec.model) {
+        return super::gguf::load(spec, start);
+    }
     let files = resolve_files(spec)?;
     let config = parse_config(&files.config)?;
     let device = select_device(spec.device)?;
-    let dtype = spec.dtype.resolve(&device);
+    let quant = spec.quantize.resolve(spec.dtype, &device)?;
+    let dtype = if quant.is_some() { DType::F32 } else { spec.dtype.resolve(&device) };
 
     let tokenizer = Tokenizer::from_file(&files.tokenizer)
         .map_err(|e| ModelError::Tokenizer(format!("{}: {e}", files.tokenizer.display())))?;
@@ -496,13 +575,14 @@ pub fn load(spec: &ModelSpec) -> Result<Model> {
         }
     }
     let vb = VarBuilder::from_backend(Box::new(tensors), dtype, device.clone());
-    let lm = Qwen3::load(&config, &HfWeights { vb, quant: None })?;
+    let lm = Qwen3::load(&config, &HfWeights { vb, quant })?;
 
     let info = ModelInfo {
         name: spec.model.clone(),
         path: files.dir.clone(),
         device: device_name(&device),
         dtype: dtype_name(dtype).to_owned(),
+        quantization: quant.map_or("none", QuantKind::name).to_owned(),
         parameters,
         load_time: start.elapsed(),
         vocab_size: config.vocab_size,
@@ -523,7 +603,7 @@ pub fn load(spec: &ModelSpec) -> Result<Model> {
 
 /// The contents of the tokenizer's special added tokens, longest first (so that a token that
 /// contains another is replaced first).
-fn special_token_strings(tokenizer: &Tokenizer) -> Vec<String> {
+pub(crate) fn special_token_strings(tokenizer: &Tokenizer) -> Vec<String> {
     let mut specials: Vec<String> =
         tokenizer.get_added_tokens_decoder().into_values().filter(|t| t.special).map(|t| t.content).collect();
     specials.sort_by(|a, b| b.len().cmp(&a.len()).then(a.cmp(b)));

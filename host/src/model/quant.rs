@@ -196,14 +196,17 @@ impl QMatrix {
     /// ggml bytes: what `pipehost quantize` writes and what loading them gives back.
     pub fn quantize_ggml(w: &Tensor, kind: QuantKind) -> Result<Vec<u8>> {
         let w = w.to_dtype(DType::F32)?;
-        let rows = w.dim(0)?;
+        let (rows, cols) = w.dims2()?;
         // Row chunks quantize independently (blocks never cross rows), so in parallel.
         const CHUNK: usize = 64;
         let parts: Vec<Result<Vec<u8>>> = (0..rows.div_ceil(CHUNK))
             .into_par_iter()
             .map(|c| {
                 let n = CHUNK.min(rows - c * CHUNK);
-                let part = w.narrow(0, c * CHUNK, n)?.contiguous()?;
+                // A fresh tensor: candle's quantize reads the whole storage, ignoring a
+                // narrowed view's offset.
+                let part = w.narrow(0, c * CHUNK, n)?.flatten_all()?.to_vec1::<f32>()?;
+                let part = Tensor::from_vec(part, (n, cols), &candle_core::Device::Cpu)?;
                 let q = QTensor::quantize(&part, kind.ggml())?;
                 Ok(q.data()?.into_owned())
             })
