@@ -34,7 +34,10 @@ fn golden() -> Option<&'static Value> {
     GOLDEN
         .get_or_init(|| {
             let dir = reference_dir()?;
-            Some(serde_json::from_str(&std::fs::read_to_string(dir.join("tiny-qwen3.golden.json")).unwrap()).unwrap())
+            Some(
+                serde_json::from_str(&std::fs::read_to_string(dir.join("tiny-qwen3.golden.json")).unwrap())
+                    .unwrap(),
+            )
         })
         .as_ref()
 }
@@ -82,8 +85,11 @@ fn cases(golden: &Value) -> Vec<Case> {
 
 fn greedy(case: &Case, max_new: usize) -> GenerateRequest {
     let mut req = GenerateRequest::new(Prompt::Ids(case.prompt.clone()));
-    req.sampling =
-        SamplingParams { temperature: Some(0.0), repetition_penalty: Some(case.penalty), ..Default::default() };
+    req.sampling = SamplingParams {
+        temperature: Some(0.0),
+        repetition_penalty: Some(case.penalty),
+        ..Default::default()
+    };
     req.max_new_tokens = Some(max_new);
     req.ignore_eos = true;
     req
@@ -135,7 +141,8 @@ fn batched_steps_give_the_reference_logits() {
             let diff = (logits[i] - *want as f32).abs();
             assert!(diff <= LOGIT_TOL, "{name}: logit {i}: {} vs {want} (diff {diff})", logits[i]);
         }
-        for (id, want) in ids(&p["last_logits_top10_ids"]).iter().zip(floats(&p["last_logits_top10_values"])) {
+        for (id, want) in ids(&p["last_logits_top10_ids"]).iter().zip(floats(&p["last_logits_top10_values"]))
+        {
             let diff = (logits[*id as usize] - want as f32).abs();
             assert!(diff <= LOGIT_TOL, "{name}: top logit {id}: {} vs {want}", logits[*id as usize]);
         }
@@ -190,7 +197,8 @@ fn cancelling_and_adding_requests_mid_batch_leaves_the_others_unchanged() {
     }
     // Long runners that will leave: two dropped, one stopped with a report.
     let long = &cases[1];
-    let dropped: Vec<EventStream> = (0..2).map(|_| engine.submit_blocking(greedy(long, 5000)).unwrap()).collect();
+    let dropped: Vec<EventStream> =
+        (0..2).map(|_| engine.submit_blocking(greedy(long, 5000)).unwrap()).collect();
     let stop = StopFlag::default();
     let mut stopped = engine.try_submit_with_stop(greedy(long, 5000), stop.clone()).unwrap();
     wait_for(&engine, "all six to run", |e| e.stats().peak_batch >= 6);
@@ -286,7 +294,11 @@ fn a_cached_system_prompt_is_reused_and_changes_nothing() {
             assert_eq!(b.cached_tokens, 0, "nothing cached yet");
         } else {
             // The system prompt (and, for the third, the shared start of the user turn too).
-            assert!(b.cached_tokens >= 48, "{user}: only {} prompt tokens came from the cache", b.cached_tokens);
+            assert!(
+                b.cached_tokens >= 48,
+                "{user}: only {} prompt tokens came from the cache",
+                b.cached_tokens
+            );
             assert_eq!(b.cached_tokens % 16, 0);
             assert!(b.cached_tokens < b.prompt_tokens);
         }
@@ -307,7 +319,8 @@ fn the_kv_budget_queues_requests_and_refuses_impossible_ones() {
     let mut c = config(8);
     c.kv_cache_bytes = Some(need * 2 + need / 2); // two at a time
     let engine = Engine::start_with(load(), c);
-    let handles: Vec<_> = (0..6).map(|_| collect(engine.submit_blocking(greedy(case, case.want.len())).unwrap())).collect();
+    let handles: Vec<_> =
+        (0..6).map(|_| collect(engine.submit_blocking(greedy(case, case.want.len())).unwrap())).collect();
     for handle in handles {
         let (_, report) = handle.join().unwrap().unwrap();
         assert_matches(case, &report.token_ids);
@@ -317,6 +330,7 @@ fn the_kv_budget_queues_requests_and_refuses_impossible_ones() {
     let err = engine.submit_blocking(greedy(case, 100_000)).unwrap().collect_blocking().unwrap_err();
     assert!(matches!(err, ModelError::KvBudget { .. }), "{err}");
     assert!(err.to_string().contains("--kv-cache-mb"), "{err}");
-    let (_, report) = engine.submit_blocking(greedy(case, case.want.len())).unwrap().collect_blocking().unwrap();
+    let (_, report) =
+        engine.submit_blocking(greedy(case, case.want.len())).unwrap().collect_blocking().unwrap();
     assert_matches(case, &report.token_ids);
 }

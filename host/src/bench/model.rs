@@ -6,7 +6,9 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
-use crate::model::{self, ChatMessage, Engine, EngineConfig, Event, GenerateRequest, Model, Prompt, SamplingParams};
+use crate::model::{
+    self, ChatMessage, Engine, EngineConfig, Event, GenerateRequest, Model, Prompt, SamplingParams,
+};
 
 /// What `pipehost bench model` runs (its flags, parsed in `cli/bench.rs`).
 #[derive(Debug, Clone)]
@@ -137,7 +139,8 @@ struct Timeline {
 /// Runs `requests` at once through `engine` and times each from submission.
 fn run_together(engine: &Engine, requests: Vec<GenerateRequest>) -> Result<Vec<Timeline>> {
     let submitted = Instant::now();
-    let streams: Vec<_> = requests.into_iter().map(|r| engine.submit_blocking(r)).collect::<Result<_, _>>()?;
+    let streams: Vec<_> =
+        requests.into_iter().map(|r| engine.submit_blocking(r)).collect::<Result<_, _>>()?;
     let handles: Vec<_> = streams
         .into_iter()
         .map(|mut stream| {
@@ -196,7 +199,8 @@ pub fn run_concurrency(
     let engine = Engine::start_with(model, config);
     let request = |i: usize| {
         let mut r = GenerateRequest::new(Prompt::Ids(ids[i..i + args.prompt_tokens].to_vec()));
-        r.sampling = SamplingParams { temperature: Some(0.0), repetition_penalty: Some(1.0), ..Default::default() };
+        r.sampling =
+            SamplingParams { temperature: Some(0.0), repetition_penalty: Some(1.0), ..Default::default() };
         r.max_new_tokens = Some(args.new_tokens);
         r.ignore_eos = true;
         r
@@ -216,7 +220,10 @@ pub fn run_concurrency(
                 .map(|l| (l.tokens.saturating_sub(1)) as f64 / (l.done - l.first).as_secs_f64().max(1e-9))
                 .collect();
             let total: f64 = rates.iter().sum();
-            eprintln!("concurrency {n}, run {run}: aggregate {total:.2} tokens/s, per stream {:.2}", median(rates.clone()));
+            eprintln!(
+                "concurrency {n}, run {run}: aggregate {total:.2} tokens/s, per stream {:.2}",
+                median(rates.clone())
+            );
             aggregate.push(total);
             per_stream.push(median(rates));
             ttft.push(median(lines.iter().map(|l| l.ttft_ms).collect()));
@@ -296,7 +303,13 @@ pub fn run_concurrency(
         });
         println!("{out}");
     } else {
-        println!("model       {} ({} on {}), {} threads", info.name, info.dtype, info.device, model::cpu_threads());
+        println!(
+            "model       {} ({} on {}), {} threads",
+            info.name,
+            info.dtype,
+            info.device,
+            model::cpu_threads()
+        );
         println!("streams  aggregate tok/s  per stream  vs 1 stream  TTFT (median of {})", args.runs);
         for (n, agg, per, ttft) in &rows {
             let ratio = one.map(|o| format!("{:.2}x", agg / o)).unwrap_or_default();

@@ -138,7 +138,11 @@ pub fn run(cmd: BenchCommand) -> Result<ExitCode> {
                 json: args.json,
             };
             if !args.concurrency.is_empty() {
-                return crate::bench::model::run_concurrency(|| args.model.load(), &options, &args.concurrency);
+                return crate::bench::model::run_concurrency(
+                    || args.model.load(),
+                    &options,
+                    &args.concurrency,
+                );
             }
             crate::bench::model::run(|| args.model.load(), &options)
         }

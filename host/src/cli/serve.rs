@@ -14,7 +14,9 @@ use clap::{Args, ValueEnum};
 
 use super::say;
 use crate::backend::{self, Backend, CandleBackend, EchoBackend, EchoConfig, OpenAiBackend, OpenAiConfig};
-use crate::model::{self, DEFAULT_MODEL, DTypeChoice, DeviceChoice, Engine, EngineConfig, ModelSpec, QuantChoice};
+use crate::model::{
+    self, DEFAULT_MODEL, DTypeChoice, DeviceChoice, Engine, EngineConfig, ModelSpec, QuantChoice,
+};
 use crate::pipeline::{BackendNames, Executor, Registry};
 use crate::plugin::{PluginRuntime, RuntimeConfig, default_cache_dir, default_plugins_dir};
 use crate::server::{self, AppState, ServerConfig};

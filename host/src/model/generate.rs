@@ -303,7 +303,8 @@ impl Model {
         let mut cache = self.lm.new_cache(ids.len())?;
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
-            let mut input = [StepInput { ids: std::slice::from_ref(id), cache: &mut cache, want_logits: true }];
+            let mut input =
+                [StepInput { ids: std::slice::from_ref(id), cache: &mut cache, want_logits: true }];
             let logits = self.lm.step(&mut input)?.pop().flatten().expect("logits were asked for");
             out.push(logits.argmax(0)?.to_scalar::<u32>()?);
         }

@@ -22,8 +22,8 @@ use tokenizers::Tokenizer;
 use super::chat_template::ChatTemplate;
 use super::error::{ModelError, Result};
 use super::loader::{
-    DeviceChoice, Model, ModelInfo, ModelSpec, QuantChoice, device_name, parse_config, parse_config_value, read_json,
-    resolve_files, select_device, special_token_strings,
+    DeviceChoice, Model, ModelInfo, ModelSpec, PreadSafetensors, QuantChoice, device_name, parse_config,
+    parse_config_value, read_json, resolve_files, select_device, special_token_strings,
 };
 use super::quant::{QMatrix, QuantKind};
 use super::qwen3::{Embed, Matrix, Qwen3, WeightSource, quant_plan};
@@ -92,7 +92,11 @@ enum Loaded {
 impl GgufWeights {
     fn raw(&self, name: &str) -> Result<(GgmlDType, Vec<usize>, Vec<u8>)> {
         use std::os::unix::fs::FileExt;
-        let info = self.content.tensor_infos.get(name).ok_or_else(|| bad(&self.path, format!("no tensor {name}")))?;
+        let info = self
+            .content
+            .tensor_infos
+            .get(name)
+            .ok_or_else(|| bad(&self.path, format!("no tensor {name}")))?;
         let dims = info.shape.dims().to_vec();
         let elems: usize = dims.iter().product();
         let block = info.ggml_dtype.block_size();
@@ -120,9 +124,15 @@ impl GgufWeights {
             return Err(bad(&self.path, format!("{name} is {dims:?}, expected [{rows}, {cols}]")));
         }
         Ok(match dtype {
-            GgmlDType::Q8_0 => Loaded::Quant(Arc::new(QMatrix::from_ggml(QuantKind::Q8_0, rows, cols, &bytes)?)),
-            GgmlDType::Q4K => Loaded::Quant(Arc::new(QMatrix::from_ggml(QuantKind::Q4K, rows, cols, &bytes)?)),
-            GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => Loaded::Dense(Self::dequantize(dtype, &dims, &bytes)?),
+            GgmlDType::Q8_0 => {
+                Loaded::Quant(Arc::new(QMatrix::from_ggml(QuantKind::Q8_0, rows, cols, &bytes)?))
+            }
+            GgmlDType::Q4K => {
+                Loaded::Quant(Arc::new(QMatrix::from_ggml(QuantKind::Q4K, rows, cols, &bytes)?))
+            }
+            GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => {
+                Loaded::Dense(Self::dequantize(dtype, &dims, &bytes)?)
+            }
             _ => {
                 let t = Self::dequantize(dtype, &dims, &bytes)?;
                 match QuantKind::Q8_0.for_cols(cols) {
@@ -166,9 +176,10 @@ impl WeightSource for GgufWeights {
     fn embedding(&self, vocab: usize, hidden: usize, tied: bool) -> Result<(Embed, Option<Matrix>)> {
         Ok(match self.matrix2("token_embd.weight", vocab, hidden)? {
             Loaded::Quant(q) => (Embed::Quant(q.clone()), tied.then_some(Matrix::Quant(q))),
-            Loaded::Dense(t) => {
-                (Embed::Dense(Embedding::new(t.clone(), hidden)), tied.then(|| Matrix::Dense(Linear::new(t, None))))
-            }
+            Loaded::Dense(t) => (
+                Embed::Dense(Embedding::new(t.clone(), hidden)),
+                tied.then(|| Matrix::Dense(Linear::new(t, None))),
+            ),
         })
     }
 }
@@ -202,7 +213,9 @@ fn meta_str<'a>(m: &'a HashMap<String, GValue>, key: &str) -> Option<&'a str> {
 
 fn meta_strings<'a>(m: &'a HashMap<String, GValue>, key: &str) -> Option<Vec<&'a str>> {
     match m.get(key)? {
-        GValue::Array(a) => a.iter().map(|v| if let GValue::String(s) = v { Some(s.as_str()) } else { None }).collect(),
+        GValue::Array(a) => {
+            a.iter().map(|v| if let GValue::String(s) = v { Some(s.as_str()) } else { None }).collect()
+        }
         _ => None,
     }
 }
@@ -263,9 +276,17 @@ fn tokenizer_from_metadata(m: &HashMap<String, GValue>, path: &Path) -> Result<T
             }
         }
     }
-    let merges: Vec<Value> =
-        merges.iter().filter_map(|s| s.split_once(' ')).map(|(a, b)| json!([a, b])).collect();
-    let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false});
+    // Only merges within the vocabulary (a model may keep fewer ids than its tokenizer has).
+    let merges: Vec<Value> = merges
+        .iter()
+        .filter_map(|s| s.split_once(' '))
+        .filter(|(a, b)| {
+            vocab.contains_key(*a) && vocab.contains_key(*b) && vocab.contains_key(&format!("{a}{b}"))
+        })
+        .map(|(a, b)| json!([a, b]))
+        .collect();
+    let byte_level =
+        json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false});
     let tokenizer = json!({
         "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
         "normalizer": {"type": "NFC"},
@@ -300,14 +321,17 @@ pub(crate) fn load(spec: &ModelSpec, start: Instant) -> Result<Model> {
         tracing::info!("--quantize is ignored for a GGUF file: its weights run as stored");
     }
     let mut file = File::open(&path).map_err(|e| ModelError::io(&path, e))?;
-    let content = gguf_file::Content::read(&mut file).map_err(|e| bad(&path, format!("not a GGUF file: {e}")))?;
+    let content =
+        gguf_file::Content::read(&mut file).map_err(|e| bad(&path, format!("not a GGUF file: {e}")))?;
     let m = &content.metadata;
     let arch = meta_str(m, "general.architecture").unwrap_or("");
     if arch != "qwen3" {
         return Err(bad(&path, format!("general.architecture is {arch:?}; this engine runs qwen3")));
     }
-    let need = |k: &str| meta_usize(m, &format!("qwen3.{k}")).ok_or_else(|| bad(&path, format!("no qwen3.{k}")));
-    let embd = content.tensor_infos.get("token_embd.weight").ok_or_else(|| bad(&path, "no token_embd.weight"))?;
+    let need =
+        |k: &str| meta_usize(m, &format!("qwen3.{k}")).ok_or_else(|| bad(&path, format!("no qwen3.{k}")));
+    let embd =
+        content.tensor_infos.get("token_embd.weight").ok_or_else(|| bad(&path, "no token_embd.weight"))?;
     let vocab = embd.shape.dims()[0];
     let (hidden, heads) = (need("embedding_length")?, need("attention.head_count")?);
     let tied = !content.tensor_infos.contains_key("output.weight");
@@ -333,14 +357,19 @@ pub(crate) fn load(spec: &ModelSpec, start: Instant) -> Result<Model> {
     let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let beside = |name: &str| Some(dir.join(name)).filter(|p| p.is_file());
     let tokenizer = match beside("tokenizer.json") {
-        Some(p) => Tokenizer::from_file(&p).map_err(|e| ModelError::Tokenizer(format!("{}: {e}", p.display())))?,
+        Some(p) => {
+            Tokenizer::from_file(&p).map_err(|e| ModelError::Tokenizer(format!("{}: {e}", p.display())))?
+        }
         None => tokenizer_from_metadata(m, &path)?,
     };
     let tokenizer_config = match beside("tokenizer_config.json") {
         Some(p) => read_json(&p)?,
         None => {
             let token = |key: &str| {
-                meta_usize(m, key).and_then(|id| tokenizer.id_to_token(id as u32)).map(Value::from).unwrap_or(Value::Null)
+                meta_usize(m, key)
+                    .and_then(|id| tokenizer.id_to_token(id as u32))
+                    .map(Value::from)
+                    .unwrap_or(Value::Null)
             };
             json!({
                 "chat_template": meta_str(m, "tokenizer.chat_template"),
@@ -349,7 +378,8 @@ pub(crate) fn load(spec: &ModelSpec, start: Instant) -> Result<Model> {
             })
         }
     };
-    let template = ChatTemplate::from_model_files(&tokenizer_config, beside("chat_template.jinja").as_deref())?;
+    let template =
+        ChatTemplate::from_model_files(&tokenizer_config, beside("chat_template.jinja").as_deref())?;
     let generation_config = match beside("generation_config.json") {
         Some(p) => read_json(&p)?,
         None => Value::Null,
@@ -403,9 +433,7 @@ pub struct QuantizeReport {
 /// `pipehost quantize`: the safetensors model `spec.model` (folder or hub id) quantized to
 /// `to` (q8_0 or q4_k) as a llama.cpp-compatible Qwen3 GGUF at `out`.
 pub fn write_gguf(spec: &ModelSpec, to: QuantChoice, out: &Path) -> Result<QuantizeReport> {
-    let kind = to
-        .kind()
-        .ok_or_else(|| ModelError::InvalidRequest("quantize to q8_0 or q4_k".into()))?;
+    let kind = to.kind().ok_or_else(|| ModelError::InvalidRequest("quantize to q8_0 or q4_k".into()))?;
     let files = resolve_files(spec)?;
     let config = parse_config(&files.config)?;
     let config_json = read_json(&files.config)?;
@@ -473,9 +501,10 @@ pub fn write_gguf(spec: &ModelSpec, to: QuantChoice, out: &Path) -> Result<Quant
     let bos = first_id(&config_json["bos_token_id"]);
 
     let u32v = |v: usize| GValue::U32(v as u32);
-    let name = files.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| spec.model.clone());
+    let name =
+        files.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| spec.model.clone());
     let file_type = match kind {
-        QuantKind::Q8_0 => 7,  // LLAMA_FTYPE_MOSTLY_Q8_0
+        QuantKind::Q8_0 => 7, // LLAMA_FTYPE_MOSTLY_Q8_0
         QuantKind::Q4K => 15, // LLAMA_FTYPE_MOSTLY_Q4_K_M (q4_k, head in higher precision)
     };
     let mut meta: Vec<(String, GValue)> = vec![
@@ -519,8 +548,7 @@ pub fn write_gguf(spec: &ModelSpec, to: QuantChoice, out: &Path) -> Result<Quant
     }
 
     // Tensors, in llama.cpp's order: embedding, blocks, final norm, head.
-    // SAFETY: mmaped read-only, as in `load`.
-    let st = unsafe { candle_core::safetensors::MmapedSafetensors::multi(&files.weights)? };
+    let st = PreadSafetensors::open(&files.weights)?;
     let vb = VarBuilder::from_backend(Box::new(st), DType::F32, Device::Cpu);
     let (h, d, inter) = (config.hidden_size, config.head_dim, config.intermediate_size);
     let (q_out, kv_out) = (config.num_attention_heads * d, config.num_key_value_heads * d);
@@ -556,7 +584,10 @@ pub fn write_gguf(spec: &ModelSpec, to: QuantChoice, out: &Path) -> Result<Quant
         let q = match plan {
             Some(k) => {
                 let bytes = QMatrix::quantize_ggml(&w, k)?;
-                QTensor::new(QStorage::from_data(Cow::Owned(bytes), &Device::Cpu, k.ggml())?, shape.as_slice())?
+                QTensor::new(
+                    QStorage::from_data(Cow::Owned(bytes), &Device::Cpu, k.ggml())?,
+                    shape.as_slice(),
+                )?
             }
             None => QTensor::quantize(&w, GgmlDType::F32)?,
         };

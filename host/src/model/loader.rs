@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::qwen3;
 
@@ -132,7 +132,9 @@ impl QuantChoice {
     pub(crate) fn resolve(self, dtype: DTypeChoice, device: &Device) -> Result<Option<QuantKind>> {
         match self {
             QuantChoice::None => Ok(None),
-            QuantChoice::Auto if device.is_cpu() && dtype == DTypeChoice::Auto => Ok(CPU_DEFAULT_QUANT.kind()),
+            QuantChoice::Auto if device.is_cpu() && dtype == DTypeChoice::Auto => {
+                Ok(CPU_DEFAULT_QUANT.kind())
+            }
             QuantChoice::Auto => Ok(None),
             explicit => {
                 if !device.is_cpu() {
@@ -143,7 +145,8 @@ impl QuantChoice {
                 }
                 if matches!(dtype, DTypeChoice::Bf16 | DTypeChoice::F16) {
                     return Err(ModelError::Device(
-                        "quantized weights run with f32 activations: use --dtype auto or f32 with --quantize".into(),
+                        "quantized weights run with f32 activations: use --dtype auto or f32 with --quantize"
+                            .into(),
                     ));
                 }
                 Ok(explicit.kind())
@@ -514,6 +517,124 @@ pub(crate) fn parse_config_value(mut json: Value, path: &Path) -> Result<qwen3::
     serde_json::from_value(json).map_err(|e| bad(e.to_string()))
 }
 
+/// safetensors files read tensor by tensor with `pread` instead of mmaped whole: used when the
+/// weights are quantized as they load, so the f32 file's pages are never mapped into the
+/// process (its peak RSS stays near the quantized size, not the checkpoint's).
+pub(crate) struct PreadSafetensors {
+    files: Vec<(PathBuf, std::fs::File)>,
+    /// name -> (file, dtype, shape, byte range in the file)
+    entries: std::collections::HashMap<String, (usize, DType, Vec<usize>, u64, u64)>,
+}
+
+impl PreadSafetensors {
+    pub fn open(paths: &[PathBuf]) -> Result<Self> {
+        use std::io::Read;
+        let mut files = Vec::new();
+        let mut entries = std::collections::HashMap::new();
+        for (i, path) in paths.iter().enumerate() {
+            let bad = |m: String| ModelError::BadConfig { path: path.clone(), message: m };
+            let mut f = std::fs::File::open(path).map_err(|e| ModelError::io(path, e))?;
+            let mut len = [0u8; 8];
+            f.read_exact(&mut len).map_err(|e| ModelError::io(path, e))?;
+            let len = u64::from_le_bytes(len);
+            if len > 100 << 20 {
+                return Err(bad(format!("safetensors header of {len} bytes")));
+            }
+            let mut header = vec![0u8; len as usize];
+            f.read_exact(&mut header).map_err(|e| ModelError::io(path, e))?;
+            let header: Value = serde_json::from_slice(&header).map_err(|e| bad(e.to_string()))?;
+            let obj = header.as_object().ok_or_else(|| bad("header is not an object".into()))?;
+            for (name, info) in obj {
+                if name == "__metadata__" {
+                    continue;
+                }
+                let dtype = match info["dtype"].as_str().unwrap_or("") {
+                    "F32" => DType::F32,
+                    "BF16" => DType::BF16,
+                    "F16" => DType::F16,
+                    "F64" => DType::F64,
+                    other => return Err(bad(format!("{name}: dtype {other} is not supported"))),
+                };
+                let shape: Vec<usize> = info["shape"]
+                    .as_array()
+                    .ok_or_else(|| bad(format!("{name}: no shape")))?
+                    .iter()
+                    .filter_map(|d| d.as_u64().map(|d| d as usize))
+                    .collect();
+                let offsets =
+                    info["data_offsets"].as_array().ok_or_else(|| bad(format!("{name}: no offsets")))?;
+                let (Some(start), Some(end)) =
+                    (offsets.first().and_then(Value::as_u64), offsets.get(1).and_then(Value::as_u64))
+                else {
+                    return Err(bad(format!("{name}: bad offsets")));
+                };
+                let want = shape.iter().product::<usize>() * dtype.size_in_bytes();
+                if (end - start) as usize != want {
+                    return Err(bad(format!("{name}: {} bytes for {want}", end - start)));
+                }
+                entries.insert(name.clone(), (i, dtype, shape, 8 + len + start, 8 + len + end));
+            }
+            files.push((path.clone(), f));
+        }
+        Ok(PreadSafetensors { files, entries })
+    }
+
+    pub fn parameters(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.entries.iter().map(|(n, (_, _, s, _, _))| (n.as_str(), s.iter().product::<usize>() as u64))
+    }
+
+    fn read(&self, name: &str) -> candle_core::Result<Tensor> {
+        use std::os::unix::fs::FileExt;
+        let Some((file, dtype, shape, start, end)) = self.entries.get(name) else {
+            candle_core::bail!("cannot find tensor {name}")
+        };
+        let (path, f) = &self.files[*file];
+        let io = |e: std::io::Error| candle_core::Error::Msg(format!("{}: {e}", path.display()));
+        let n = (end - start) as usize;
+        if *dtype == DType::F32 {
+            // Straight into the f32 buffer: one copy of the tensor in memory, not two.
+            let mut v = vec![0f32; n / 4];
+            // SAFETY: any bytes are a valid f32; the slice covers exactly the vector.
+            let bytes = unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<u8>(), n) };
+            f.read_exact_at(bytes, *start).map_err(io)?;
+            if cfg!(target_endian = "big") {
+                for x in &mut v {
+                    *x = f32::from_bits(x.to_bits().swap_bytes());
+                }
+            }
+            return Tensor::from_vec(v, shape.as_slice(), &Device::Cpu);
+        }
+        let mut bytes = vec![0u8; n];
+        f.read_exact_at(&mut bytes, *start).map_err(io)?;
+        Tensor::from_raw_buffer(&bytes, *dtype, shape, &Device::Cpu)
+    }
+}
+
+impl candle_nn::var_builder::SimpleBackend for PreadSafetensors {
+    fn get(
+        &self,
+        s: candle_core::Shape,
+        name: &str,
+        _: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let t = self.read(name)?;
+        if t.shape() != &s {
+            candle_core::bail!("shape mismatch for {name}: expected {s:?}, got {:?}", t.shape())
+        }
+        t.to_dtype(dtype)?.to_device(dev)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        self.read(name)?.to_dtype(dtype)?.to_device(dev)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.entries.contains_key(name)
+    }
+}
+
 /// Everything the engine needs, loaded. Owned by one thread at a time (see [`super::Engine`]).
 pub struct Model {
     pub(crate) lm: Qwen3,
@@ -563,18 +684,26 @@ pub fn load(spec: &ModelSpec) -> Result<Model> {
     let config_json = read_json(&files.config)?;
     let defaults = GenerationDefaults::from_configs(&generation_config, &config_json, &tokenizer);
 
-    // SAFETY: the weights are mmaped read-only; like every safetensors loader we assume nobody
-    // truncates the files while the model is loaded.
-    let tensors = unsafe { candle_core::safetensors::MmapedSafetensors::multi(&files.weights)? };
-    let mut parameters: u64 =
-        tensors.tensors().iter().map(|(_, view)| view.shape().iter().product::<usize>() as u64).sum();
-    if config.tie_word_embeddings {
+    let (vb, mut parameters, head) = if quant.is_some() {
+        let tensors = PreadSafetensors::open(&files.weights)?;
+        let parameters: u64 = tensors.parameters().map(|(_, n)| n).sum();
+        let head = tensors.parameters().find(|(n, _)| *n == "lm_head.weight").map(|(_, n)| n);
+        (VarBuilder::from_backend(Box::new(tensors), dtype, device.clone()), parameters, head)
+    } else {
+        // SAFETY: the weights are mmaped read-only; like every safetensors loader we assume nobody
+        // truncates the files while the model is loaded.
+        let tensors = unsafe { candle_core::safetensors::MmapedSafetensors::multi(&files.weights)? };
+        let parameters: u64 =
+            tensors.tensors().iter().map(|(_, view)| view.shape().iter().product::<usize>() as u64).sum();
+        let head = tensors.get("lm_head.weight").ok().map(|v| v.shape().iter().product::<usize>() as u64);
+        (VarBuilder::from_backend(Box::new(tensors), dtype, device.clone()), parameters, head)
+    };
+    if config.tie_word_embeddings
+        && let Some(head) = head
+    {
         // Some exports keep a copy of the tied head; it is not loaded, so do not count it.
-        if let Ok(view) = tensors.get("lm_head.weight") {
-            parameters -= view.shape().iter().product::<usize>() as u64;
-        }
+        parameters -= head;
     }
-    let vb = VarBuilder::from_backend(Box::new(tensors), dtype, device.clone());
     let lm = Qwen3::load(&config, &HfWeights { vb, quant })?;
 
     let info = ModelInfo {

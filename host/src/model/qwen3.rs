@@ -60,7 +60,10 @@ impl Embed {
                 let mut out = vec![0f32; ids.len() * h];
                 for (&id, row) in ids.iter().zip(out.chunks_exact_mut(h)) {
                     if id as usize >= q.rows() {
-                        return Err(candle_core::Error::Msg(format!("token id {id} is outside the vocabulary")).into());
+                        return Err(candle_core::Error::Msg(format!(
+                            "token id {id} is outside the vocabulary"
+                        ))
+                        .into());
                     }
                     q.dequantize_row(id as usize, row);
                 }
@@ -135,7 +138,10 @@ impl WeightSource for HfWeights<'_> {
         let w = self.vb.pp(name).get((vocab, hidden), "weight")?;
         Ok(match self.quantized(name, w.clone(), tied)? {
             Some(q) => (Embed::Quant(q.clone()), tied.then_some(Matrix::Quant(q))),
-            None => (Embed::Dense(Embedding::new(w.clone(), hidden)), tied.then(|| Matrix::Dense(Linear::new(w, None)))),
+            None => (
+                Embed::Dense(Embedding::new(w.clone(), hidden)),
+                tied.then(|| Matrix::Dense(Linear::new(w, None))),
+            ),
         })
     }
 }
@@ -209,7 +215,9 @@ impl Qwen3 {
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{i}");
-            let m = |name: &str, rows: usize, cols: usize, bias: bool| src.matrix(&format!("{p}.{name}"), rows, cols, bias);
+            let m = |name: &str, rows: usize, cols: usize, bias: bool| {
+                src.matrix(&format!("{p}.{name}"), rows, cols, bias)
+            };
             let n = |name: &str, dim: usize| src.norm(&format!("{p}.{name}"), dim, eps);
             let (q_out, kv_out) = (cfg.num_attention_heads * d, cfg.num_key_value_heads * d);
             layers.push(Layer {
@@ -316,10 +324,15 @@ impl Qwen3 {
 
             let mut outputs = Vec::with_capacity(inputs.len());
             for (input, &(at, n, start)) in inputs.iter_mut().zip(&spans) {
-                let (keys, values) = input.cache.write(l, start, &k.narrow(0, at, n)?, &v.narrow(0, at, n)?)?;
+                let (keys, values) =
+                    input.cache.write(l, start, &k.narrow(0, at, n)?, &v.narrow(0, at, n)?)?;
                 outputs.push(self.attend(&q.narrow(0, at, n)?, &keys, &values, start)?);
             }
-            let attn = if outputs.len() == 1 { outputs.pop().expect("one output") } else { Tensor::cat(&outputs, 0)? };
+            let attn = if outputs.len() == 1 {
+                outputs.pop().expect("one output")
+            } else {
+                Tensor::cat(&outputs, 0)?
+            };
             x = (x + layer.o.forward(&attn)?)?;
             let h = layer.mlp_norm.forward(&x)?;
             let mlp = (layer.gate.forward(&h)?.silu()? * layer.up.forward(&h)?)?;
@@ -463,7 +476,10 @@ impl SeqCache {
     pub fn append_block(&mut self, block: &[(Tensor, Tensor)]) -> Result<()> {
         let n = block.first().map(|(k, _)| k.dim(0)).transpose()?.unwrap_or(0);
         if self.len + n > self.capacity {
-            return Err(candle_core::Error::Msg("a cached block does not fit the sequence's KV cache".into()).into());
+            return Err(candle_core::Error::Msg(
+                "a cached block does not fit the sequence's KV cache".into(),
+            )
+            .into());
         }
         for ((keys, values), (k, v)) in self.layers.iter().zip(block) {
             keys.slice_set(k, 0, self.len)?;

@@ -102,9 +102,15 @@ impl Sequence {
     pub fn feed(&self, budget: usize) -> Feed<'_> {
         if self.in_prefill() {
             let n = budget.clamp(1, self.prompt_left());
-            Feed { ids: &self.prompt_ids[self.fed..self.fed + n], want_logits: self.fed + n == self.prompt_ids.len() }
+            Feed {
+                ids: &self.prompt_ids[self.fed..self.fed + n],
+                want_logits: self.fed + n == self.prompt_ids.len(),
+            }
         } else {
-            Feed { ids: std::slice::from_ref(self.tokens.last().expect("decoding follows a token")), want_logits: true }
+            Feed {
+                ids: std::slice::from_ref(self.tokens.last().expect("decoding follows a token")),
+                want_logits: true,
+            }
         }
     }
 
@@ -132,7 +138,11 @@ impl Sequence {
         Ok(finish)
     }
 
-    fn after_token(&mut self, token: u32, emit: &mut dyn FnMut(&str) -> bool) -> Result<Option<FinishReason>> {
+    fn after_token(
+        &mut self,
+        token: u32,
+        emit: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Option<FinishReason>> {
         if self.eos.contains(&token) {
             return self.end(FinishReason::Eos, emit).map(Some);
         }
@@ -180,8 +190,7 @@ impl Sequence {
     pub fn report(&self) -> Report {
         let reason = self.finished.unwrap_or(FinishReason::Cancelled);
         let now = Instant::now();
-        let prefill_ms =
-            self.first_token.map(|t| (t - self.admitted).as_secs_f64() * 1000.0).unwrap_or(0.0);
+        let prefill_ms = self.first_token.map(|t| (t - self.admitted).as_secs_f64() * 1000.0).unwrap_or(0.0);
         let decode_s = self.first_token.map(|t| (now - t).as_secs_f64()).unwrap_or(0.0);
         let completion_tokens = self.tokens.len();
         let decode_tokens_per_s = if completion_tokens > 1 && decode_s > 0.0 {

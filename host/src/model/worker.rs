@@ -370,7 +370,10 @@ impl Scheduler {
         let prepared = catch(|| self.model.prepare(&job.request))?;
         let bytes = prepared.kv_tokens().max(1) * self.kv_per_token;
         if bytes > self.budget {
-            return Err(ModelError::KvBudget { needed_mb: bytes.div_ceil(1 << 20), budget_mb: self.budget >> 20 });
+            return Err(ModelError::KvBudget {
+                needed_mb: bytes.div_ceil(1 << 20),
+                budget_mb: self.budget >> 20,
+            });
         }
         Ok((prepared, bytes))
     }
@@ -393,7 +396,8 @@ impl Scheduler {
                 r.seq.cancel();
             }
         }
-        let ready = |r: &Running| r.seq.finished().is_none() && r.error.is_none() && r.outbox.len() < EVENT_BUFFER;
+        let ready =
+            |r: &Running| r.seq.finished().is_none() && r.error.is_none() && r.outbox.len() < EVENT_BUFFER;
         let decoding = self.running.iter().any(|r| ready(r) && !r.seq.in_prefill());
         let mut budget = if decoding { self.config.prefill_chunk.max(1) } else { PREFILL_TOKENS_ALONE };
         // Sequences run in arrival order, so the oldest prompt gets the prefill budget first.
@@ -566,7 +570,6 @@ fn default_kv_budget(model: &Model) -> usize {
     let free = super::loader::free_memory(&model.device).unwrap_or(4 << 30);
     (free / 2).max(MIN)
 }
-
 
 /// The text of a panic (`panic!("...")` payloads are `&str` or `String`).
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {

@@ -185,16 +185,56 @@ impl Metrics {
             "Completions waiting for the request log's writer",
             m.log_queued.clone(),
         );
-        registry.register("pipehost_engine_steps", "Forward steps the model engine ran", m.engine_steps.clone());
-        registry.register("pipehost_engine_step_sequences", "Sequences summed over forward steps (divided by steps: the mean batch size)", m.engine_step_sequences.clone());
-        registry.register("pipehost_engine_batch_size", "Sequences in the latest forward step", m.engine_batch.clone());
-        registry.register("pipehost_engine_running", "Requests in the engine's batch now", m.engine_running.clone());
-        registry.register("pipehost_engine_admitted", "Requests taken into the engine's batch", m.engine_admitted.clone());
-        registry.register("pipehost_engine_queue_wait_seconds", "Time requests waited before joining the batch, summed (divided by admitted: the mean)", m.engine_queue_wait.clone());
-        registry.register("pipehost_prefix_cache_lookup_tokens", "Prompt tokens looked up in the prefix cache", m.prefix_lookup_tokens.clone());
-        registry.register("pipehost_prefix_cache_hit_tokens", "Prompt tokens found in the prefix cache (divided by lookup tokens: the hit rate)", m.prefix_hit_tokens.clone());
-        registry.register("pipehost_kv_cache_bytes", "KV-cache memory in use, by holder: sequences (reserved by running requests) or prefix", m.kv_bytes.clone());
-        registry.register("pipehost_kv_cache_budget_bytes", "KV-cache budget (--kv-cache-mb)", m.kv_budget.clone());
+        registry.register(
+            "pipehost_engine_steps",
+            "Forward steps the model engine ran",
+            m.engine_steps.clone(),
+        );
+        registry.register(
+            "pipehost_engine_step_sequences",
+            "Sequences summed over forward steps (divided by steps: the mean batch size)",
+            m.engine_step_sequences.clone(),
+        );
+        registry.register(
+            "pipehost_engine_batch_size",
+            "Sequences in the latest forward step",
+            m.engine_batch.clone(),
+        );
+        registry.register(
+            "pipehost_engine_running",
+            "Requests in the engine's batch now",
+            m.engine_running.clone(),
+        );
+        registry.register(
+            "pipehost_engine_admitted",
+            "Requests taken into the engine's batch",
+            m.engine_admitted.clone(),
+        );
+        registry.register(
+            "pipehost_engine_queue_wait_seconds",
+            "Time requests waited before joining the batch, summed (divided by admitted: the mean)",
+            m.engine_queue_wait.clone(),
+        );
+        registry.register(
+            "pipehost_prefix_cache_lookup_tokens",
+            "Prompt tokens looked up in the prefix cache",
+            m.prefix_lookup_tokens.clone(),
+        );
+        registry.register(
+            "pipehost_prefix_cache_hit_tokens",
+            "Prompt tokens found in the prefix cache (divided by lookup tokens: the hit rate)",
+            m.prefix_hit_tokens.clone(),
+        );
+        registry.register(
+            "pipehost_kv_cache_bytes",
+            "KV-cache memory in use, by holder: sequences (reserved by running requests) or prefix",
+            m.kv_bytes.clone(),
+        );
+        registry.register(
+            "pipehost_kv_cache_budget_bytes",
+            "KV-cache budget (--kv-cache-mb)",
+            m.kv_budget.clone(),
+        );
         Metrics { registry, ..m }
     }
 
