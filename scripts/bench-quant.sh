@@ -11,7 +11,8 @@
 # Environment: REFERENCE (a Qwen3 tokenizer folder, default ../shared/reference/tiny-qwen3),
 # MODEL_ROOT (where random model folders are written once, default /tmp/pipehost-bench-quant),
 # ROUNDS (default 3), RUNS (runs per bench invocation, default 3), SHAPES (default qwen3-0.6b),
-# KERNELS=1 also times q8_0/q4_k with the scalar and AVX2 kernels forced, GGUF=1 also runs the
+# KERNELS=1 also times q8_0/q4_k through candle's own QMatMul (PIPEHOST_QUANT_KERNEL=candle)
+# and with our AVX2 and scalar kernels forced, GGUF=1 also runs the
 # q4_k model from a GGUF file written by `pipehost quantize`, NO_BUILD=1 skips cargo build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -73,7 +74,7 @@ for shape in $shapes; do
       bench "$shape q4_k gguf" --model "$root/$shape-q4_k.gguf"
     fi
     if [ "${KERNELS:-0}" = 1 ]; then
-      for k in avx2 scalar; do
+      for k in candle avx2 scalar; do
         PIPEHOST_QUANT_KERNEL=$k bench "$shape q8_0 $k" --model "$dir" --quantize q8_0
         PIPEHOST_QUANT_KERNEL=$k bench "$shape q4_k $k" --model "$dir" --quantize q4_k
       done

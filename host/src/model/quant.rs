@@ -14,7 +14,8 @@
 //!
 //! Kernels: a plain scalar reference, AVX2+FMA (`maddubs`), and AVX-512 VNNI on 256-bit
 //! vectors (`vpdpbusd`), chosen at run time with `is_x86_feature_detected!`
-//! (`PIPEHOST_QUANT_KERNEL=scalar|avx2|vnni` forces one, for measurements).
+//! (`PIPEHOST_QUANT_KERNEL=scalar|avx2|vnni` forces one, and `candle` builds the matrices as
+//! candle's own `QMatMul` instead, for measurements).
 
 use std::sync::OnceLock;
 
@@ -340,7 +341,10 @@ impl Act {
             let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
             let mut s = 0i32;
             for (q, &v) in qb.iter_mut().zip(xb) {
-                *q = (v * inv).round() as i8;
+                // Round half away from zero without a libm call (baseline x86-64 has no
+                // SSE4.1 `roundps`): |v * inv| <= 127, so the i32 truncation is exact.
+                let t = v * inv;
+                *q = (t + 0.5f32.copysign(t)) as i32 as i8;
                 s += i32::from(*q);
             }
             *db = scale;

@@ -29,6 +29,9 @@ pub(crate) enum Matrix {
     Dense(Linear),
     /// q8_0 / q4_k weights, our own CPU kernels (f32 activations in and out).
     Quant(Arc<QMatrix>),
+    /// The same weights through candle's `QMatMul`, for measurements only
+    /// (`PIPEHOST_QUANT_KERNEL=candle`; see docs/performance.md).
+    Candle(Arc<candle_core::quantized::QMatMul>),
 }
 
 impl Matrix {
@@ -40,6 +43,7 @@ impl Matrix {
                 let data = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
                 Tensor::from_vec(q.matmul(&data, m), (m, q.rows()), x.device())?
             }
+            Matrix::Candle(q) => q.forward(&x.to_dtype(DType::F32)?)?,
         })
     }
 }
@@ -106,6 +110,16 @@ impl HfWeights<'_> {
         let Some(kind) = quant_plan(name, w.dim(1)?, kind, tied) else { return Ok(None) };
         Ok(Some(Arc::new(QMatrix::quantize(&w, kind)?)))
     }
+
+    /// `PIPEHOST_QUANT_KERNEL=candle`: matrices through candle's own quantized matmul (the same
+    /// ggml bytes), to compare kernels; the embedding lookup stays ours.
+    fn candle_matrix(q: &QMatrix, w: &Tensor) -> Result<Option<Matrix>> {
+        if std::env::var("PIPEHOST_QUANT_KERNEL").as_deref() != Ok("candle") {
+            return Ok(None);
+        }
+        let qt = candle_core::quantized::QTensor::quantize(&w.to_dtype(DType::F32)?, q.kind().ggml())?;
+        Ok(Some(Matrix::Candle(Arc::new(candle_core::quantized::QMatMul::from_qtensor(qt)?))))
+    }
 }
 
 impl WeightSource for HfWeights<'_> {
@@ -124,7 +138,10 @@ impl WeightSource for HfWeights<'_> {
         }
         let w = vb.get((rows, cols), "weight")?;
         Ok(match self.quantized(name, w.clone(), false)? {
-            Some(q) => Matrix::Quant(q),
+            Some(q) => match Self::candle_matrix(&q, &w)? {
+                Some(m) => m,
+                None => Matrix::Quant(q),
+            },
             None => Matrix::Dense(Linear::new(w, None)),
         })
     }
@@ -137,7 +154,14 @@ impl WeightSource for HfWeights<'_> {
         let name = "model.embed_tokens";
         let w = self.vb.pp(name).get((vocab, hidden), "weight")?;
         Ok(match self.quantized(name, w.clone(), tied)? {
-            Some(q) => (Embed::Quant(q.clone()), tied.then_some(Matrix::Quant(q))),
+            Some(q) => {
+                let head = match (tied, Self::candle_matrix(&q, &w)?) {
+                    (true, Some(m)) => Some(m),
+                    (true, None) => Some(Matrix::Quant(q.clone())),
+                    (false, _) => None,
+                };
+                (Embed::Quant(q), head)
+            }
             None => (
                 Embed::Dense(Embedding::new(w.clone(), hidden)),
                 tied.then(|| Matrix::Dense(Linear::new(w, None))),
