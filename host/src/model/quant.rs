@@ -97,9 +97,25 @@ pub(crate) struct Q4KBlock {
     qs: [u8; 128],
 }
 
+/// 16 weight rows by 32 values of q8_0, interleaved for `vpdpbusd` (AVX-512 VNNI): one
+/// instruction multiplies 4 activation bytes (broadcast) with 4 values of each of the 16 rows.
+/// `qs[64 * g + 4 * r + j]` is row `r`'s value `4 * g + j` plus 128 (unsigned); the 128 is
+/// taken back out through the activation block's sum. Rows past the matrix are zero.
+#[derive(Debug, Clone, Copy)]
+#[repr(C, align(64))]
+pub(crate) struct Q8Tile {
+    d: [f32; TILE],
+    qs: [u8; QK8 * TILE],
+}
+
+/// Output rows per [`Q8Tile`].
+const TILE: usize = 16;
+
 #[derive(Debug, Clone)]
 enum Blocks {
     Q8(Vec<Q8Block>),
+    /// q8_0 in tiles of 16 rows, `[row group][block]` (chosen when the CPU has VNNI).
+    Q8Tiled(Vec<Q8Tile>),
     Q4K(Vec<Q4KBlock>),
 }
 
@@ -135,22 +151,51 @@ impl QMatrix {
 
     pub fn kind(&self) -> QuantKind {
         match self.blocks {
-            Blocks::Q8(_) => QuantKind::Q8_0,
+            Blocks::Q8(_) | Blocks::Q8Tiled(_) => QuantKind::Q8_0,
             Blocks::Q4K(_) => QuantKind::Q4K,
-        }
-    }
-
-    /// Bytes the weights take in memory.
-    pub fn bytes(&self) -> usize {
-        match &self.blocks {
-            Blocks::Q8(b) => std::mem::size_of_val(b.as_slice()),
-            Blocks::Q4K(b) => std::mem::size_of_val(b.as_slice()),
         }
     }
 
     /// From ggml's block bytes (`BlockQ8_0`: f16 d, 32 i8; `BlockQ4K`: f16 d, f16 dmin,
     /// 12 bytes of scales, 128 of quants), rows of `cols` values.
     pub fn from_ggml(kind: QuantKind, rows: usize, cols: usize, bytes: &[u8]) -> Result<Self> {
+        let mut q = Self::from_ggml_rows(kind, rows, cols, bytes)?;
+        #[cfg(target_arch = "x86_64")]
+        if kernel() == Isa::Vnni {
+            q = q.tiled();
+        }
+        Ok(q)
+    }
+
+    /// q8_0 rows regrouped into [`Q8Tile`]s (other kinds unchanged).
+    pub(crate) fn tiled(self) -> Self {
+        let Blocks::Q8(blocks) = &self.blocks else { return self };
+        let nb = self.cols / QK8;
+        let groups = self.rows.div_ceil(TILE);
+        let tiles = (0..groups * nb)
+            .into_par_iter()
+            .map(|i| {
+                let (g, b) = (i / nb, i % nb);
+                let mut tile = Q8Tile { d: [0.0; TILE], qs: [128; QK8 * TILE] };
+                for r in 0..TILE {
+                    let row = g * TILE + r;
+                    if row >= self.rows {
+                        break;
+                    }
+                    let blk = &blocks[row * nb + b];
+                    tile.d[r] = blk.d;
+                    for (k, &q) in blk.qs.iter().enumerate() {
+                        tile.qs[64 * (k / 4) + 4 * r + k % 4] = (i16::from(q) + 128) as u8;
+                    }
+                }
+                tile
+            })
+            .collect();
+        QMatrix { rows: self.rows, cols: self.cols, blocks: Blocks::Q8Tiled(tiles) }
+    }
+
+    /// [`Self::from_ggml`] in the row layout every kernel reads.
+    pub(crate) fn from_ggml_rows(kind: QuantKind, rows: usize, cols: usize, bytes: &[u8]) -> Result<Self> {
         let bad = |m: String| candle_core::Error::Msg(m);
         if !cols.is_multiple_of(kind.block()) {
             return Err(bad(format!("{} rows of {cols} values are not whole blocks", kind.name())).into());
@@ -228,6 +273,16 @@ impl QMatrix {
     /// Row `r` dequantized into `out` (`cols` values): embedding lookups.
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
         match &self.blocks {
+            Blocks::Q8Tiled(t) => {
+                let per = self.cols / QK8;
+                let (g, l) = (r / TILE, r % TILE);
+                for (tile, o) in t[g * per..(g + 1) * per].iter().zip(out.chunks_exact_mut(QK8)) {
+                    for (k, v) in o.iter_mut().enumerate() {
+                        let q = i16::from(tile.qs[64 * (k / 4) + 4 * l + k % 4]) - 128;
+                        *v = tile.d[l] * f32::from(q);
+                    }
+                }
+            }
             Blocks::Q8(b) => {
                 let per = self.cols / QK8;
                 for (blk, o) in b[r * per..(r + 1) * per].iter().zip(out.chunks_exact_mut(QK8)) {
@@ -261,6 +316,10 @@ impl QMatrix {
         assert_eq!(x.len(), m * self.cols, "activation shape");
         let act = Act::quantize(x, m, self.cols);
         let n = self.rows;
+        #[cfg(target_arch = "x86_64")]
+        if let Blocks::Q8Tiled(tiles) = &self.blocks {
+            return self.matmul_tiled(tiles, &act, m);
+        }
         // Output columns per task: enough tasks to balance, few enough to keep overhead low.
         let threads = rayon::current_num_threads().max(1);
         let per_task = (n / (threads * 16)).clamp(8, 512).min(n.max(1));
@@ -283,6 +342,43 @@ impl QMatrix {
         for (c, col) in out_t.chunks_exact(m).enumerate() {
             for (r, &v) in col.iter().enumerate() {
                 out[r * n + c] = v;
+            }
+        }
+        out
+    }
+
+    /// [`Self::matmul_with`] over [`Q8Tile`]s: each task owns whole groups of 16 output columns.
+    #[cfg(target_arch = "x86_64")]
+    fn matmul_tiled(&self, tiles: &[Q8Tile], act: &Act, m: usize) -> Vec<f32> {
+        let (n, nb) = (self.rows, self.cols / QK8);
+        let groups = n.div_ceil(TILE);
+        let threads = rayon::current_num_threads().max(1);
+        let per_task = (groups / (threads * 16)).clamp(1, 64);
+        let mut buf = vec![0f32; groups * m * TILE]; // (group, row, 16)
+        buf.par_chunks_mut(per_task * m * TILE).enumerate().for_each(|(t, chunk)| {
+            for (i, gbuf) in chunk.chunks_exact_mut(m * TILE).enumerate() {
+                let g = t * per_task + i;
+                let gt = &tiles[g * nb..(g + 1) * nb];
+                let mut r = 0;
+                while r < m {
+                    let take = if m - r >= 4 { 4 } else { 1 };
+                    let o = &mut gbuf[r * TILE..(r + take) * TILE];
+                    match take {
+                        4 => tiled_rows::<4>(gt, act, r, o),
+                        _ => tiled_rows::<1>(gt, act, r, o),
+                    }
+                    r += take;
+                }
+            }
+        });
+        if n == groups * TILE && m == 1 {
+            return buf;
+        }
+        let mut out = vec![0f32; m * n];
+        for g in 0..groups {
+            let (c0, len) = (g * TILE, TILE.min(n - g * TILE));
+            for r in 0..m {
+                out[r * n + c0..r * n + c0 + len].copy_from_slice(&buf[(g * m + r) * TILE..][..len]);
             }
         }
         out
@@ -312,6 +408,7 @@ impl QMatrix {
                         _ => dispatch_q4k::<1>(isa, wrow, act, rows, o),
                     }
                 }
+                Blocks::Q8Tiled(_) => unreachable!("tiled matrices run matmul_tiled"),
             }
             r += take;
         }
@@ -325,6 +422,8 @@ pub(crate) struct Act {
     qs: Vec<i8>,
     d: Vec<f32>,
     sum: Vec<f32>,
+    /// `sum(q)` per block, as an integer (the tiled kernel's +128 correction).
+    isum: Vec<i32>,
 }
 
 impl Act {
@@ -333,8 +432,13 @@ impl Act {
         let mut qs = vec![0i8; m * cols];
         let mut d = vec![0f32; blocks];
         let mut sum = vec![0f32; blocks];
-        for (((xb, qb), db), sb) in
-            x.chunks_exact(QK8).zip(qs.chunks_exact_mut(QK8)).zip(d.iter_mut()).zip(sum.iter_mut())
+        let mut isum = vec![0i32; blocks];
+        for ((((xb, qb), db), sb), ib) in x
+            .chunks_exact(QK8)
+            .zip(qs.chunks_exact_mut(QK8))
+            .zip(d.iter_mut())
+            .zip(sum.iter_mut())
+            .zip(isum.iter_mut())
         {
             let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
             let scale = amax / 127.0;
@@ -349,8 +453,9 @@ impl Act {
             }
             *db = scale;
             *sb = scale * s as f32;
+            *ib = s;
         }
-        Act { cols, qs, d, sum }
+        Act { cols, qs, d, sum, isum }
     }
 
     fn row_qs(&self, r: usize) -> &[i8] {
@@ -365,6 +470,11 @@ impl Act {
     fn row_sum(&self, r: usize) -> &[f32] {
         let per = self.cols / QK8;
         &self.sum[r * per..(r + 1) * per]
+    }
+
+    fn row_isum(&self, r: usize) -> &[i32] {
+        let per = self.cols / QK8;
+        &self.isum[r * per..(r + 1) * per]
     }
 }
 
@@ -412,7 +522,11 @@ fn avx2_ok() -> bool {
 
 #[cfg(target_arch = "x86_64")]
 fn vnni_ok() -> bool {
-    avx2_ok() && is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl")
+    avx2_ok()
+        && is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512vnni")
+        && is_x86_feature_detected!("avx512vl")
 }
 
 /// The fastest kernel this CPU runs, unless PIPEHOST_QUANT_KERNEL names one.
@@ -448,6 +562,20 @@ fn dispatch_q8<const R: usize>(
         Isa::Vnni => unsafe { x86::q8_vnni::<R>(w, a, d) },
     };
     out.copy_from_slice(&res);
+}
+
+/// `R` activation rows from `r0` against one group of 16 weight rows: `out` is `(R, 16)`.
+#[cfg(target_arch = "x86_64")]
+fn tiled_rows<const R: usize>(tiles: &[Q8Tile], act: &Act, r0: usize, out: &mut [f32]) {
+    let a: [&[i8]; R] = std::array::from_fn(|i| act.row_qs(r0 + i));
+    let d: [&[f32]; R] = std::array::from_fn(|i| act.row_d(r0 + i));
+    let s: [&[i32]; R] = std::array::from_fn(|i| act.row_isum(r0 + i));
+    // SAFETY: tiled matrices are only built when the CPU has AVX-512 VNNI (`kernel()`), or by
+    // tests that check `Isa::available()` first.
+    let res = unsafe { x86::q8_tiles_vnni::<R>(tiles, a, d, s) };
+    for (o, r) in out.chunks_exact_mut(TILE).zip(&res) {
+        o.copy_from_slice(r);
+    }
 }
 
 fn dispatch_q4k<const R: usize>(
@@ -611,6 +739,46 @@ mod x86 {
         };
     }
 
+    /// q8_0 [`super::Q8Tile`]s with 512-bit `vpdpbusd`: per block and activation row, 8
+    /// instructions give 16 output columns' integer dots; one FMA scales them.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F/BW and VNNI.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub(super) unsafe fn q8_tiles_vnni<const R: usize>(
+        tiles: &[super::Q8Tile],
+        a: [&[i8]; R],
+        d: [&[f32]; R],
+        isum: [&[i32]; R],
+    ) -> [[f32; 16]; R] {
+        let mut facc = [_mm512_setzero_ps(); R];
+        for (b, t) in tiles.iter().enumerate() {
+            let mut iacc = [_mm512_setzero_si512(); R];
+            for g in 0..8 {
+                // SAFETY: 64 of the tile's 512 quant bytes.
+                let w = unsafe { _mm512_loadu_si512(t.qs[64 * g..].as_ptr().cast()) };
+                for r in 0..R {
+                    // SAFETY: 4 bytes inside activation block b of row r.
+                    let x = unsafe { a[r][b * QK8 + 4 * g..].as_ptr().cast::<i32>().read_unaligned() };
+                    iacc[r] = _mm512_dpbusd_epi32(iacc[r], w, _mm512_set1_epi32(x));
+                }
+            }
+            // SAFETY: the tile's 16 scales.
+            let wd = unsafe { _mm512_loadu_ps(t.d.as_ptr()) };
+            for r in 0..R {
+                let dots = _mm512_sub_epi32(iacc[r], _mm512_set1_epi32(128 * isum[r][b]));
+                let scale = _mm512_mul_ps(wd, _mm512_set1_ps(d[r][b]));
+                facc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dots), scale, facc[r]);
+            }
+        }
+        let mut out = [[0f32; 16]; R];
+        for r in 0..R {
+            // SAFETY: 16 floats.
+            unsafe { _mm512_storeu_ps(out[r].as_mut_ptr(), facc[r]) };
+        }
+        out
+    }
+
     kernels!(q8_avx2, q4k_avx2, dot_avx2, "avx2,fma");
     kernels!(q8_vnni, q4k_vnni, dot_vnni, "avx2,fma,avx512vnni,avx512vl");
 }
@@ -642,16 +810,33 @@ mod tests {
         out
     }
 
+    /// The row layout (every kernel reads it).
+    fn rows_of(w: &Tensor, kind: QuantKind) -> QMatrix {
+        let (rows, cols) = w.dims2().unwrap();
+        QMatrix::from_ggml_rows(kind, rows, cols, &QMatrix::quantize_ggml(w, kind).unwrap()).unwrap()
+    }
+
+    /// The matrix with every kernel, plus the tiled layout where the CPU runs it.
+    fn variants(rows: &QMatrix) -> Vec<(Isa, QMatrix)> {
+        #[allow(unused_mut)]
+        let mut v: Vec<(Isa, QMatrix)> = Isa::available().into_iter().map(|i| (i, rows.clone())).collect();
+        #[cfg(target_arch = "x86_64")]
+        if rows.kind() == QuantKind::Q8_0 && Isa::available().contains(&Isa::Vnni) {
+            v.push((Isa::Vnni, rows.clone().tiled()));
+        }
+        v
+    }
+
     #[test]
     fn kernels_agree_with_the_reference_on_random_inputs() {
         for kind in [QuantKind::Q8_0, QuantKind::Q4K] {
             for (rows, cols, m) in [(37, 512, 1), (16, 256, 7), (9, 768, 13)] {
                 let w = Tensor::from_vec(random(rows * cols, 1), (rows, cols), &Device::Cpu).unwrap();
-                let q = QMatrix::quantize(&w, kind).unwrap();
+                let q = rows_of(&w, kind);
                 assert_eq!(q.kind(), kind);
                 let x = random(m * cols, 2);
                 let want = exact(&q, &x, m);
-                for isa in Isa::available() {
+                for (isa, q) in variants(&q) {
                     let got = q.matmul_with(isa, &x, m);
                     for (i, (&g, &e)) in got.iter().zip(&want).enumerate() {
                         let tol = 1e-4 * (1.0 + e.abs()) + 1e-5 * cols as f64;
@@ -668,8 +853,8 @@ mod tests {
         let w = Tensor::from_vec(random(rows * cols, 3), (rows, cols), &Device::Cpu).unwrap();
         let x = random(9 * cols, 4);
         for kind in [QuantKind::Q8_0, QuantKind::Q4K] {
-            let q = QMatrix::quantize(&w, kind).unwrap();
-            for isa in Isa::available() {
+            let q = rows_of(&w, kind);
+            for (isa, q) in variants(&q) {
                 let all = q.matmul_with(isa, &x, 9);
                 for r in 0..9 {
                     let one = q.matmul_with(isa, &x[r * cols..(r + 1) * cols], 1);
@@ -709,15 +894,15 @@ mod tests {
         let (rows, cols) = (5, 512);
         let w = Tensor::from_vec(random(rows * cols, 8), (rows, cols), &Device::Cpu).unwrap();
         for kind in [QuantKind::Q8_0, QuantKind::Q4K] {
-            let bytes = QMatrix::quantize_ggml(&w, kind).unwrap();
-            let q = QMatrix::from_ggml(kind, rows, cols, &bytes).unwrap();
             let theirs = QTensor::quantize(&w, kind.ggml()).unwrap().dequantize(&Device::Cpu).unwrap();
             let theirs = theirs.flatten_all().unwrap().to_vec1::<f32>().unwrap();
             let mut ours = vec![0f32; cols];
-            for r in 0..rows {
-                q.dequantize_row(r, &mut ours);
-                for (i, (a, b)) in ours.iter().zip(&theirs[r * cols..]).enumerate() {
-                    assert!((a - b).abs() <= 1e-6 * (1.0 + b.abs()), "{kind:?} [{r}, {i}]: {a} vs {b}");
+            for (_, q) in variants(&rows_of(&w, kind)) {
+                for r in 0..rows {
+                    q.dequantize_row(r, &mut ours);
+                    for (i, (a, b)) in ours.iter().zip(&theirs[r * cols..]).enumerate() {
+                        assert!((a - b).abs() <= 1e-6 * (1.0 + b.abs()), "{kind:?} [{r}, {i}]: {a} vs {b}");
+                    }
                 }
             }
         }
