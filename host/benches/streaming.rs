@@ -172,6 +172,7 @@ impl Backend for Lockstep {
             let n = latencies.len() + held;
             let report = BackendReport {
                 prompt_tokens: 0,
+                cached_tokens: 0,
                 completion_tokens: n,
                 finish_reason: FinishReason::Eos,
                 prefill_ms: 0.0,

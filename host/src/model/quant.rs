@@ -159,15 +159,44 @@ impl QMatrix {
     /// From ggml's block bytes (`BlockQ8_0`: f16 d, 32 i8; `BlockQ4K`: f16 d, f16 dmin,
     /// 12 bytes of scales, 128 of quants), rows of `cols` values.
     pub fn from_ggml(kind: QuantKind, rows: usize, cols: usize, bytes: &[u8]) -> Result<Self> {
-        let mut q = Self::from_ggml_rows(kind, rows, cols, bytes)?;
         #[cfg(target_arch = "x86_64")]
-        if kernel() == Isa::Vnni {
-            q = q.tiled();
+        if kind == QuantKind::Q8_0 && kernel() == Isa::Vnni {
+            return Self::tiles_from_ggml(rows, cols, bytes);
         }
-        Ok(q)
+        Self::from_ggml_rows(kind, rows, cols, bytes)
+    }
+
+    /// q8_0 ggml bytes straight into [`Q8Tile`]s (no row-layout copy in between).
+    fn tiles_from_ggml(rows: usize, cols: usize, bytes: &[u8]) -> Result<Self> {
+        let nb = cols / QK8;
+        if !cols.is_multiple_of(QK8) || bytes.len() != rows * nb * 34 {
+            return Err(candle_core::Error::Msg(format!(
+                "{} bytes for {rows} rows of {cols} q8_0 values",
+                bytes.len()
+            ))
+            .into());
+        }
+        let groups = rows.div_ceil(TILE);
+        let tiles = (0..groups * nb)
+            .into_par_iter()
+            .map(|i| {
+                let (g, b) = (i / nb, i % nb);
+                let mut tile = Q8Tile { d: [0.0; TILE], qs: [128; QK8 * TILE] };
+                for r in 0..TILE.min(rows - g * TILE) {
+                    let at = ((g * TILE + r) * nb + b) * 34;
+                    tile.d[r] = f16_at(bytes, at);
+                    for (k, &q) in bytes[at + 2..at + 34].iter().enumerate() {
+                        tile.qs[64 * (k / 4) + 4 * r + k % 4] = (i16::from(q as i8) + 128) as u8;
+                    }
+                }
+                tile
+            })
+            .collect();
+        Ok(QMatrix { rows, cols, blocks: Blocks::Q8Tiled(tiles) })
     }
 
     /// q8_0 rows regrouped into [`Q8Tile`]s (other kinds unchanged).
+    #[cfg(test)]
     pub(crate) fn tiled(self) -> Self {
         let Blocks::Q8(blocks) = &self.blocks else { return self };
         let nb = self.cols / QK8;
