@@ -756,6 +756,20 @@ mod tests {
     }
 
     #[test]
+    fn quantization_choices_resolve_as_documented() {
+        assert_eq!("q4_k".parse::<QuantChoice>().unwrap(), QuantChoice::Q4K);
+        assert_eq!("Q8_0".parse::<QuantChoice>().unwrap(), QuantChoice::Q8_0);
+        assert!("q6_k".parse::<QuantChoice>().is_err());
+        let cpu = Device::Cpu;
+        assert_eq!(QuantChoice::Auto.resolve(DTypeChoice::Auto, &cpu).unwrap(), CPU_DEFAULT_QUANT.kind());
+        // An explicit --dtype f32 stays exact.
+        assert_eq!(QuantChoice::Auto.resolve(DTypeChoice::F32, &cpu).unwrap(), None);
+        assert_eq!(QuantChoice::None.resolve(DTypeChoice::Auto, &cpu).unwrap(), None);
+        assert_eq!(QuantChoice::Q4K.resolve(DTypeChoice::F32, &cpu).unwrap(), Some(QuantKind::Q4K));
+        assert!(QuantChoice::Q8_0.resolve(DTypeChoice::Bf16, &cpu).is_err());
+    }
+
+    #[test]
     fn tells_hub_ids_from_paths() {
         assert!(looks_like_hub_id("Qwen/Qwen3-4B-Instruct-2507"));
         assert!(!looks_like_hub_id("./models/x"));
