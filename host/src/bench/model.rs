@@ -28,6 +28,17 @@ const TEXT: &str = "The history of the printing press is, in many ways, the hist
 Before Johannes Gutenberg introduced movable metal type in Mainz around 1450, books were copied \
 by hand, usually by monks working in cold scriptoria. A single Bible could take years. ";
 
+/// Peak resident memory of this process so far (VmHWM), in MB; 0 where /proc is missing.
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("VmHWM:"))?.to_owned();
+            line.split_whitespace().nth(1)?.parse::<f64>().ok()
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     let n = v.len();
@@ -79,6 +90,7 @@ pub fn run(load: impl FnOnce() -> Result<Model>, args: &ModelOptions) -> Result<
             "model": info.name,
             "device": info.device,
             "dtype": info.dtype,
+            "quantization": info.quantization,
             "threads": model::cpu_threads(),
             "params": info.parameters,
             "load_s": (load_s * 1000.0).round() / 1000.0,
@@ -89,12 +101,13 @@ pub fn run(load: impl FnOnce() -> Result<Model>, args: &ModelOptions) -> Result<
             "prefill_tokens_per_s": (args.prompt_tokens as f64 / prefill_ms * 1e5).round() / 100.0,
             "decode_tokens_per_s": (decode_tps * 1000.0).round() / 1000.0,
             "decode_ms_per_token": (1000.0 / decode_tps * 100.0).round() / 100.0,
+            "peak_rss_mb": peak_rss_mb().round(),
         });
         println!("{out}");
     } else {
         println!(
-            "model       {} ({} parameters, {} on {})",
-            info.name, info.parameters, info.dtype, info.device
+            "model       {} ({} parameters, {} on {}, weights {})",
+            info.name, info.parameters, info.dtype, info.device, info.quantization
         );
         println!("threads     {}", model::cpu_threads());
         println!("load        {load_s:.2} s");
@@ -110,6 +123,7 @@ pub fn run(load: impl FnOnce() -> Result<Model>, args: &ModelOptions) -> Result<
             args.new_tokens,
             args.runs
         );
+        println!("peak RSS    {:.0} MB", peak_rss_mb());
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -282,6 +296,7 @@ pub fn run_concurrency(
             "model": info.name,
             "device": info.device,
             "dtype": info.dtype,
+            "quantization": info.quantization,
             "threads": model::cpu_threads(),
             "prompt_tokens": args.prompt_tokens,
             "new_tokens": args.new_tokens,
@@ -321,6 +336,7 @@ fn load_again(info: &model::ModelInfo) -> Result<Model> {
     let mut spec = model::ModelSpec::new(info.path.to_string_lossy());
     spec.device = info.device.parse().map_err(|e: String| anyhow::anyhow!(e))?;
     spec.dtype = info.dtype.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+    spec.quantize = info.quantization.parse().unwrap_or(model::QuantChoice::Auto);
     spec.progress = false;
     Ok(model::load(&spec)?)
 }

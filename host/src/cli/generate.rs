@@ -10,15 +10,15 @@ use clap::Args;
 
 use crate::model::{
     self, ChatMessage, DEFAULT_MODEL, DTypeChoice, DeviceChoice, Engine, Event, GenerateRequest, ModelSpec,
-    Prompt, SamplingParams,
+    Prompt, QuantChoice, SamplingParams,
 };
 
 /// Which model to load and where: shared by `generate` and `bench model`.
 #[derive(Debug, Clone, Args)]
 pub struct ModelArgs {
-    /// A local HuggingFace model folder, or a hub id fetched into the HuggingFace cache
-    /// (honours HF_HOME, HF_HUB_OFFLINE, HF_TOKEN).
-    #[arg(long, value_name = "DIR|HUB_ID", default_value = DEFAULT_MODEL)]
+    /// A local HuggingFace model folder, a hub id fetched into the HuggingFace cache
+    /// (honours HF_HOME, HF_HUB_OFFLINE, HF_TOKEN), or a Qwen3 `.gguf` file (CPU).
+    #[arg(long, value_name = "DIR|HUB_ID|FILE.gguf", default_value = DEFAULT_MODEL)]
     pub model: String,
     /// auto (CUDA if compiled in and present, else CPU), cpu, cuda[:N] or metal[:N].
     #[arg(long, value_name = "D", default_value = "auto")]
@@ -26,6 +26,10 @@ pub struct ModelArgs {
     /// auto (bf16 on GPU, f32 on CPU), f32, bf16 or f16.
     #[arg(long, value_name = "T", default_value = "auto")]
     pub dtype: DTypeChoice,
+    /// Quantize the weights as they load (CPU, f32 activations): auto (the CPU default when
+    /// --dtype is auto, see docs/performance.md; none on GPUs), none, q8_0 or q4_k.
+    #[arg(long, value_name = "Q", default_value = "auto")]
+    pub quantize: QuantChoice,
 }
 
 impl ModelArgs {
@@ -34,6 +38,7 @@ impl ModelArgs {
         let mut spec = ModelSpec::new(&self.model);
         spec.device = self.device;
         spec.dtype = self.dtype;
+        spec.quantize = self.quantize;
         let model = model::load(&spec).with_context(|| format!("loading {}", self.model))?;
         eprintln!("{}", model.info());
         Ok(model)

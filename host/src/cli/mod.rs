@@ -12,6 +12,7 @@ mod dev;
 mod experiments;
 mod generate;
 mod plugin;
+mod quantize;
 mod replay;
 mod run;
 mod schema;
@@ -67,6 +68,8 @@ enum Command {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Write a safetensors Qwen3 model as a quantized GGUF file (q8_0 or q4_k).
+    Quantize(quantize::QuantizeArgs),
     /// Serve the pipelines over HTTP (OpenAI-compatible).
     Serve(Box<serve::ServeArgs>),
     /// Run one pipeline locally, without a server.
@@ -93,6 +96,7 @@ pub fn main() -> ExitCode {
         Command::Plugin(cmd) => plugin::run(cmd),
         Command::Generate(args) => generate::run(args),
         Command::Bench(cmd) => bench::run(cmd),
+        Command::Quantize(args) => quantize::run(args),
         Command::Dev(cmd) => dev::run(cmd),
         Command::Run(args) => run::run(*args),
         Command::Check(args) => check::run(args),

@@ -14,7 +14,9 @@ use clap::{Args, ValueEnum};
 
 use super::say;
 use crate::backend::{self, Backend, CandleBackend, EchoBackend, EchoConfig, OpenAiBackend, OpenAiConfig};
-use crate::model::{self, DEFAULT_MODEL, DTypeChoice, DeviceChoice, Engine, EngineConfig, ModelSpec};
+use crate::model::{
+    self, DEFAULT_MODEL, DTypeChoice, DeviceChoice, Engine, EngineConfig, ModelSpec, QuantChoice,
+};
 use crate::pipeline::{BackendNames, Executor, Registry};
 use crate::plugin::{PluginRuntime, RuntimeConfig, default_cache_dir, default_plugins_dir};
 use crate::server::{self, AppState, ServerConfig};
@@ -58,6 +60,10 @@ pub struct ServeArgs {
     /// candle: auto (bf16 on GPU, f32 on CPU), f32, bf16 or f16.
     #[arg(long, env = "PIPEHOST_DTYPE", value_name = "T", default_value = "auto")]
     pub dtype: DTypeChoice,
+    /// candle: quantize the weights as they load (CPU): auto (the CPU default when --dtype is
+    /// auto; none on GPUs), none, q8_0 or q4_k. A `.gguf` --model runs as stored.
+    #[arg(long, env = "PIPEHOST_QUANTIZE", value_name = "Q", default_value = "auto")]
+    pub quantize: QuantChoice,
     /// openai: the upstream base URL including `/v1`, e.g. http://127.0.0.1:8000/v1.
     #[arg(long, env = "PIPEHOST_OPENAI_BASE_URL", value_name = "URL")]
     pub openai_base_url: Option<String>,
@@ -243,6 +249,7 @@ async fn build_backend(kind: BackendKind, args: &ServeArgs) -> Result<Arc<dyn Ba
             let mut spec = ModelSpec::new(&args.model);
             spec.device = args.device;
             spec.dtype = args.dtype;
+            spec.quantize = args.quantize;
             let mut config = EngineConfig::new(args.max_queue as usize);
             config.max_batch = args.max_batch as usize;
             config.kv_cache_bytes = args.kv_cache_mb.map(|mb| (mb as usize) << 20);

@@ -7,11 +7,12 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::qwen3;
 
-use super::qwen3::Qwen3;
+use super::quant::QuantKind;
+use super::qwen3::{HfWeights, Qwen3};
 use serde_json::Value;
 use tokenizers::Tokenizer;
 
@@ -90,7 +91,71 @@ impl DTypeChoice {
     }
 }
 
-/// What to load: `model` is a local HuggingFace model folder or a hub id.
+/// Quantized weights (CPU only; activations stay f32).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum QuantChoice {
+    /// On the CPU with `--dtype auto`: [`CPU_DEFAULT_QUANT`]; otherwise none. An explicit
+    /// `--dtype f32` stays exact (no quantization).
+    #[default]
+    Auto,
+    None,
+    Q8_0,
+    Q4K,
+}
+
+/// What `--quantize auto` picks on the CPU (see docs/performance.md for the measurements).
+pub const CPU_DEFAULT_QUANT: QuantChoice = QuantChoice::Q8_0;
+
+impl FromStr for QuantChoice {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(QuantChoice::Auto),
+            "none" | "off" => Ok(QuantChoice::None),
+            "q8_0" | "q8" => Ok(QuantChoice::Q8_0),
+            "q4_k" | "q4k" => Ok(QuantChoice::Q4K),
+            _ => Err(format!("unknown quantization {s:?}: expected auto, none, q8_0 or q4_k")),
+        }
+    }
+}
+
+impl QuantChoice {
+    pub(crate) fn kind(self) -> Option<QuantKind> {
+        match self {
+            QuantChoice::Q8_0 => Some(QuantKind::Q8_0),
+            QuantChoice::Q4K => Some(QuantKind::Q4K),
+            _ => None,
+        }
+    }
+
+    /// The quantization a safetensors checkpoint is loaded with.
+    pub(crate) fn resolve(self, dtype: DTypeChoice, device: &Device) -> Result<Option<QuantKind>> {
+        match self {
+            QuantChoice::None => Ok(None),
+            QuantChoice::Auto if device.is_cpu() && dtype == DTypeChoice::Auto => {
+                Ok(CPU_DEFAULT_QUANT.kind())
+            }
+            QuantChoice::Auto => Ok(None),
+            explicit => {
+                if !device.is_cpu() {
+                    return Err(ModelError::Device(
+                        "quantized weights (--quantize) run on the CPU only; use --device cpu or --quantize none"
+                            .into(),
+                    ));
+                }
+                if matches!(dtype, DTypeChoice::Bf16 | DTypeChoice::F16) {
+                    return Err(ModelError::Device(
+                        "quantized weights run with f32 activations: use --dtype auto or f32 with --quantize"
+                            .into(),
+                    ));
+                }
+                Ok(explicit.kind())
+            }
+        }
+    }
+}
+
+/// What to load: `model` is a local HuggingFace model folder, a hub id, or a `.gguf` file.
 #[derive(Debug, Clone)]
 pub struct ModelSpec {
     pub model: String,
@@ -98,6 +163,8 @@ pub struct ModelSpec {
     pub revision: Option<String>,
     pub device: DeviceChoice,
     pub dtype: DTypeChoice,
+    /// Quantize the weights as they load (safetensors only; a GGUF file runs as stored).
+    pub quantize: QuantChoice,
     /// Show a download progress bar on stderr when fetching from the hub.
     pub progress: bool,
 }
@@ -109,6 +176,7 @@ impl ModelSpec {
             revision: None,
             device: DeviceChoice::Auto,
             dtype: DTypeChoice::Auto,
+            quantize: QuantChoice::Auto,
             progress: true,
         }
     }
@@ -123,6 +191,8 @@ pub struct ModelInfo {
     pub path: PathBuf,
     pub device: String,
     pub dtype: String,
+    /// `none`, or the weights' quantization (`q8_0`, `q4_k`; a GGUF file's main type).
+    pub quantization: String,
     pub parameters: u64,
     pub load_time: Duration,
     pub vocab_size: usize,
@@ -133,12 +203,16 @@ impl fmt::Display for ModelInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let p = self.parameters as f64;
         let params = if p >= 1e9 { format!("{:.2}B", p / 1e9) } else { format!("{:.1}M", p / 1e6) };
+        let weights = if self.quantization == "none" {
+            self.dtype.clone()
+        } else {
+            format!("{} weights, {} activations", self.quantization, self.dtype)
+        };
         write!(
             f,
-            "loaded {} ({params} parameters) on {} as {} in {:.2} s",
+            "loaded {} ({params} parameters) on {} as {weights} in {:.2} s",
             self.name,
             self.device,
-            self.dtype,
             self.load_time.as_secs_f64()
         )
     }
@@ -159,7 +233,7 @@ pub(crate) struct ModelFiles {
 const INDEX: &str = "model.safetensors.index.json";
 const SINGLE: &str = "model.safetensors";
 
-fn read_json(path: &Path) -> Result<Value> {
+pub(crate) fn read_json(path: &Path) -> Result<Value> {
     let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
     serde_json::from_str(&text)
         .map_err(|e| ModelError::BadConfig { path: path.to_owned(), message: e.to_string() })
@@ -397,8 +471,12 @@ pub(crate) fn free_memory(device: &Device) -> Option<usize> {
 /// Parse config.json into candle's Qwen3 config, filling keys that some exports leave out
 /// (transformers 5 moves `rope_theta` into `rope_parameters`; older configs omit `head_dim`).
 pub(crate) fn parse_config(path: &Path) -> Result<qwen3::Config> {
+    parse_config_value(read_json(path)?, path)
+}
+
+/// [`parse_config`] of a config already read (`path` names it in errors).
+pub(crate) fn parse_config_value(mut json: Value, path: &Path) -> Result<qwen3::Config> {
     let bad = |message: String| ModelError::BadConfig { path: path.to_owned(), message };
-    let mut json = read_json(path)?;
     let obj = json.as_object_mut().ok_or_else(|| bad("not a JSON object".into()))?;
     let model_type = obj.get("model_type").and_then(Value::as_str).unwrap_or("");
     if model_type != "qwen3" {
@@ -439,6 +517,124 @@ pub(crate) fn parse_config(path: &Path) -> Result<qwen3::Config> {
     serde_json::from_value(json).map_err(|e| bad(e.to_string()))
 }
 
+/// safetensors files read tensor by tensor with `pread` instead of mmaped whole: used when the
+/// weights are quantized as they load, so the f32 file's pages are never mapped into the
+/// process (its peak RSS stays near the quantized size, not the checkpoint's).
+pub(crate) struct PreadSafetensors {
+    files: Vec<(PathBuf, std::fs::File)>,
+    /// name -> (file, dtype, shape, byte range in the file)
+    entries: std::collections::HashMap<String, (usize, DType, Vec<usize>, u64, u64)>,
+}
+
+impl PreadSafetensors {
+    pub fn open(paths: &[PathBuf]) -> Result<Self> {
+        use std::io::Read;
+        let mut files = Vec::new();
+        let mut entries = std::collections::HashMap::new();
+        for (i, path) in paths.iter().enumerate() {
+            let bad = |m: String| ModelError::BadConfig { path: path.clone(), message: m };
+            let mut f = std::fs::File::open(path).map_err(|e| ModelError::io(path, e))?;
+            let mut len = [0u8; 8];
+            f.read_exact(&mut len).map_err(|e| ModelError::io(path, e))?;
+            let len = u64::from_le_bytes(len);
+            if len > 100 << 20 {
+                return Err(bad(format!("safetensors header of {len} bytes")));
+            }
+            let mut header = vec![0u8; len as usize];
+            f.read_exact(&mut header).map_err(|e| ModelError::io(path, e))?;
+            let header: Value = serde_json::from_slice(&header).map_err(|e| bad(e.to_string()))?;
+            let obj = header.as_object().ok_or_else(|| bad("header is not an object".into()))?;
+            for (name, info) in obj {
+                if name == "__metadata__" {
+                    continue;
+                }
+                let dtype = match info["dtype"].as_str().unwrap_or("") {
+                    "F32" => DType::F32,
+                    "BF16" => DType::BF16,
+                    "F16" => DType::F16,
+                    "F64" => DType::F64,
+                    other => return Err(bad(format!("{name}: dtype {other} is not supported"))),
+                };
+                let shape: Vec<usize> = info["shape"]
+                    .as_array()
+                    .ok_or_else(|| bad(format!("{name}: no shape")))?
+                    .iter()
+                    .filter_map(|d| d.as_u64().map(|d| d as usize))
+                    .collect();
+                let offsets =
+                    info["data_offsets"].as_array().ok_or_else(|| bad(format!("{name}: no offsets")))?;
+                let (Some(start), Some(end)) =
+                    (offsets.first().and_then(Value::as_u64), offsets.get(1).and_then(Value::as_u64))
+                else {
+                    return Err(bad(format!("{name}: bad offsets")));
+                };
+                let want = shape.iter().product::<usize>() * dtype.size_in_bytes();
+                if (end - start) as usize != want {
+                    return Err(bad(format!("{name}: {} bytes for {want}", end - start)));
+                }
+                entries.insert(name.clone(), (i, dtype, shape, 8 + len + start, 8 + len + end));
+            }
+            files.push((path.clone(), f));
+        }
+        Ok(PreadSafetensors { files, entries })
+    }
+
+    pub fn parameters(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.entries.iter().map(|(n, (_, _, s, _, _))| (n.as_str(), s.iter().product::<usize>() as u64))
+    }
+
+    fn read(&self, name: &str) -> candle_core::Result<Tensor> {
+        use std::os::unix::fs::FileExt;
+        let Some((file, dtype, shape, start, end)) = self.entries.get(name) else {
+            candle_core::bail!("cannot find tensor {name}")
+        };
+        let (path, f) = &self.files[*file];
+        let io = |e: std::io::Error| candle_core::Error::Msg(format!("{}: {e}", path.display()));
+        let n = (end - start) as usize;
+        if *dtype == DType::F32 {
+            // Straight into the f32 buffer: one copy of the tensor in memory, not two.
+            let mut v = vec![0f32; n / 4];
+            // SAFETY: any bytes are a valid f32; the slice covers exactly the vector.
+            let bytes = unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<u8>(), n) };
+            f.read_exact_at(bytes, *start).map_err(io)?;
+            if cfg!(target_endian = "big") {
+                for x in &mut v {
+                    *x = f32::from_bits(x.to_bits().swap_bytes());
+                }
+            }
+            return Tensor::from_vec(v, shape.as_slice(), &Device::Cpu);
+        }
+        let mut bytes = vec![0u8; n];
+        f.read_exact_at(&mut bytes, *start).map_err(io)?;
+        Tensor::from_raw_buffer(&bytes, *dtype, shape, &Device::Cpu)
+    }
+}
+
+impl candle_nn::var_builder::SimpleBackend for PreadSafetensors {
+    fn get(
+        &self,
+        s: candle_core::Shape,
+        name: &str,
+        _: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let t = self.read(name)?;
+        if t.shape() != &s {
+            candle_core::bail!("shape mismatch for {name}: expected {s:?}, got {:?}", t.shape())
+        }
+        t.to_dtype(dtype)?.to_device(dev)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        self.read(name)?.to_dtype(dtype)?.to_device(dev)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.entries.contains_key(name)
+    }
+}
+
 /// Everything the engine needs, loaded. Owned by one thread at a time (see [`super::Engine`]).
 pub struct Model {
     pub(crate) lm: Qwen3,
@@ -465,10 +661,14 @@ impl fmt::Debug for Model {
 /// chat template and generation defaults.
 pub fn load(spec: &ModelSpec) -> Result<Model> {
     let start = Instant::now();
+    if super::gguf::is_gguf(&spec.model) {
+        return super::gguf::load(spec, start);
+    }
     let files = resolve_files(spec)?;
     let config = parse_config(&files.config)?;
     let device = select_device(spec.device)?;
-    let dtype = spec.dtype.resolve(&device);
+    let quant = spec.quantize.resolve(spec.dtype, &device)?;
+    let dtype = if quant.is_some() { DType::F32 } else { spec.dtype.resolve(&device) };
 
     let tokenizer = Tokenizer::from_file(&files.tokenizer)
         .map_err(|e| ModelError::Tokenizer(format!("{}: {e}", files.tokenizer.display())))?;
@@ -484,25 +684,34 @@ pub fn load(spec: &ModelSpec) -> Result<Model> {
     let config_json = read_json(&files.config)?;
     let defaults = GenerationDefaults::from_configs(&generation_config, &config_json, &tokenizer);
 
-    // SAFETY: the weights are mmaped read-only; like every safetensors loader we assume nobody
-    // truncates the files while the model is loaded.
-    let tensors = unsafe { candle_core::safetensors::MmapedSafetensors::multi(&files.weights)? };
-    let mut parameters: u64 =
-        tensors.tensors().iter().map(|(_, view)| view.shape().iter().product::<usize>() as u64).sum();
-    if config.tie_word_embeddings {
+    let (vb, mut parameters, head) = if quant.is_some() {
+        let tensors = PreadSafetensors::open(&files.weights)?;
+        let parameters: u64 = tensors.parameters().map(|(_, n)| n).sum();
+        let head = tensors.parameters().find(|(n, _)| *n == "lm_head.weight").map(|(_, n)| n);
+        (VarBuilder::from_backend(Box::new(tensors), dtype, device.clone()), parameters, head)
+    } else {
+        // SAFETY: the weights are mmaped read-only; like every safetensors loader we assume nobody
+        // truncates the files while the model is loaded.
+        let tensors = unsafe { candle_core::safetensors::MmapedSafetensors::multi(&files.weights)? };
+        let parameters: u64 =
+            tensors.tensors().iter().map(|(_, view)| view.shape().iter().product::<usize>() as u64).sum();
+        let head = tensors.get("lm_head.weight").ok().map(|v| v.shape().iter().product::<usize>() as u64);
+        (VarBuilder::from_backend(Box::new(tensors), dtype, device.clone()), parameters, head)
+    };
+    if config.tie_word_embeddings
+        && let Some(head) = head
+    {
         // Some exports keep a copy of the tied head; it is not loaded, so do not count it.
-        if let Ok(view) = tensors.get("lm_head.weight") {
-            parameters -= view.shape().iter().product::<usize>() as u64;
-        }
+        parameters -= head;
     }
-    let vb = VarBuilder::from_backend(Box::new(tensors), dtype, device.clone());
-    let lm = Qwen3::load(&config, vb)?;
+    let lm = Qwen3::load(&config, &HfWeights { vb, quant })?;
 
     let info = ModelInfo {
         name: spec.model.clone(),
         path: files.dir.clone(),
         device: device_name(&device),
         dtype: dtype_name(dtype).to_owned(),
+        quantization: quant.map_or("none", QuantKind::name).to_owned(),
         parameters,
         load_time: start.elapsed(),
         vocab_size: config.vocab_size,
@@ -523,7 +732,7 @@ pub fn load(spec: &ModelSpec) -> Result<Model> {
 
 /// The contents of the tokenizer's special added tokens, longest first (so that a token that
 /// contains another is replaced first).
-fn special_token_strings(tokenizer: &Tokenizer) -> Vec<String> {
+pub(crate) fn special_token_strings(tokenizer: &Tokenizer) -> Vec<String> {
     let mut specials: Vec<String> =
         tokenizer.get_added_tokens_decoder().into_values().filter(|t| t.special).map(|t| t.content).collect();
     specials.sort_by(|a, b| b.len().cmp(&a.len()).then(a.cmp(b)));
@@ -544,6 +753,20 @@ mod tests {
         assert!("tpu".parse::<DeviceChoice>().is_err());
         assert_eq!("bf16".parse::<DTypeChoice>().unwrap(), DTypeChoice::Bf16);
         assert_eq!(DTypeChoice::Auto.resolve(&Device::Cpu), DType::F32);
+    }
+
+    #[test]
+    fn quantization_choices_resolve_as_documented() {
+        assert_eq!("q4_k".parse::<QuantChoice>().unwrap(), QuantChoice::Q4K);
+        assert_eq!("Q8_0".parse::<QuantChoice>().unwrap(), QuantChoice::Q8_0);
+        assert!("q6_k".parse::<QuantChoice>().is_err());
+        let cpu = Device::Cpu;
+        assert_eq!(QuantChoice::Auto.resolve(DTypeChoice::Auto, &cpu).unwrap(), CPU_DEFAULT_QUANT.kind());
+        // An explicit --dtype f32 stays exact.
+        assert_eq!(QuantChoice::Auto.resolve(DTypeChoice::F32, &cpu).unwrap(), None);
+        assert_eq!(QuantChoice::None.resolve(DTypeChoice::Auto, &cpu).unwrap(), None);
+        assert_eq!(QuantChoice::Q4K.resolve(DTypeChoice::F32, &cpu).unwrap(), Some(QuantKind::Q4K));
+        assert!(QuantChoice::Q8_0.resolve(DTypeChoice::Bf16, &cpu).is_err());
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The model engine: Qwen3 on candle, matching HuggingFace transformers token for token.
 //!
 //! This module alone touches candle and tokenizers. Its surface:
-//! - [`load`] a [`ModelSpec`] (local folder or hub id, device, dtype) into a [`Model`];
+//! - [`load`] a [`ModelSpec`] (local folder, hub id or GGUF file; device, dtype, quantization)
+//!   into a [`Model`]; [`write_gguf`] quantizes a checkpoint into a GGUF file;
 //! - [`Model::generate`] runs one [`GenerateRequest`] on the calling thread;
 //! - [`Engine::start`] moves a model onto its own thread behind a bounded queue; each
 //!   submitted request yields an [`EventStream`] of [`Event::Delta`] text and a final
@@ -15,8 +16,10 @@ mod detokenize;
 mod error;
 pub mod fixture;
 mod generate;
+mod gguf;
 mod loader;
 mod prefix_cache;
+mod quant;
 mod qwen3;
 mod random_model;
 mod sampling;
@@ -27,7 +30,11 @@ mod worker;
 pub use chat_template::{ChatMessage, ChatTemplate};
 pub use error::ModelError;
 pub use generate::{FinishReason, GenerateRequest, Prompt, Report};
-pub use loader::{DEFAULT_MODEL, DTypeChoice, DeviceChoice, Model, ModelInfo, ModelSpec, load};
+pub use gguf::{QuantizeReport, write_gguf};
+pub use loader::{
+    CPU_DEFAULT_QUANT, DEFAULT_MODEL, DTypeChoice, DeviceChoice, Model, ModelInfo, ModelSpec, QuantChoice,
+    load,
+};
 pub use random_model::{Qwen3Shape, RandomWeights, qwen3_instruct_generation_config, write_random_model};
 pub use sampling::{DEFAULT_MAX_NEW_TOKENS, GenerationDefaults, SamplingParams};
 pub use worker::{Engine, EngineConfig, EngineStats, Event, EventStream, StopFlag};

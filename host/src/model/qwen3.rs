@@ -12,18 +12,26 @@
 //! CPU flash-attention kernel), so a sequence gets the same logits (within float rounding of
 //! the matmul's row blocking) whatever runs beside it.
 
+use std::sync::Arc;
+
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::attention::{AttnMask, flash_attn};
 use candle_nn::{Embedding, Linear, RmsNorm, VarBuilder};
 use candle_transformers::models::qwen3::Config;
 
 use super::error::Result;
+use super::quant::{QMatrix, QuantKind};
 
 /// A weight matrix applied as `x @ W^T` to rows of `x`. One enum so that quantized matrices
 /// can take their place without the forward pass changing.
 #[derive(Debug, Clone)]
 pub(crate) enum Matrix {
     Dense(Linear),
+    /// q8_0 / q4_k weights, our own CPU kernels (f32 activations in and out).
+    Quant(Arc<QMatrix>),
+    /// The same weights through candle's `QMatMul`, for measurements only
+    /// (`PIPEHOST_QUANT_KERNEL=candle`; see docs/performance.md).
+    Candle(Arc<candle_core::quantized::QMatMul>),
 }
 
 /// Whether decode steps use our few-rows kernel ([`super::dense`]) rather than candle's
@@ -62,15 +70,6 @@ fn dense_rows(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 }
 
 impl Matrix {
-    fn load(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<Self> {
-        let linear = if bias {
-            candle_nn::linear_b(in_dim, out_dim, true, vb)?
-        } else {
-            candle_nn::linear_no_bias(in_dim, out_dim, vb)?
-        };
-        Ok(Matrix::Dense(linear))
-    }
-
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(match self {
             Matrix::Dense(linear) => {
@@ -92,6 +91,134 @@ impl Matrix {
                     linear.forward(x)?
                 }
             }
+            Matrix::Quant(q) => {
+                let (m, _) = x.dims2()?;
+                let data = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                Tensor::from_vec(q.matmul(&data, m), (m, q.rows()), x.device())?
+            }
+            Matrix::Candle(q) => q.forward(&x.to_dtype(DType::F32)?)?,
+        })
+    }
+}
+
+/// The token embedding: a table of rows, quantized ones dequantized as they are looked up.
+#[derive(Debug, Clone)]
+pub(crate) enum Embed {
+    Dense(Embedding),
+    Quant(Arc<QMatrix>),
+}
+
+impl Embed {
+    fn forward(&self, ids: &[u32], device: &Device) -> Result<Tensor> {
+        Ok(match self {
+            Embed::Dense(e) => e.forward(&Tensor::new(ids, device)?)?,
+            Embed::Quant(q) => {
+                let h = q.cols();
+                let mut out = vec![0f32; ids.len() * h];
+                for (&id, row) in ids.iter().zip(out.chunks_exact_mut(h)) {
+                    if id as usize >= q.rows() {
+                        return Err(candle_core::Error::Msg(format!(
+                            "token id {id} is outside the vocabulary"
+                        ))
+                        .into());
+                    }
+                    q.dequantize_row(id as usize, row);
+                }
+                Tensor::from_vec(out, (ids.len(), h), device)?
+            }
+        })
+    }
+}
+
+/// Where [`Qwen3::load`] gets its weights, named as in HuggingFace checkpoints
+/// (`model.layers.0.self_attn.q_proj`, without `.weight`).
+pub(crate) trait WeightSource {
+    fn device(&self) -> &Device;
+    /// The dtype activations (and dense weights) run in.
+    fn dtype(&self) -> DType;
+    /// A `(rows, cols)` matrix.
+    fn matrix(&self, name: &str, rows: usize, cols: usize, bias: bool) -> Result<Matrix>;
+    fn norm(&self, name: &str, dim: usize, eps: f64) -> Result<RmsNorm>;
+    /// The `(vocab, hidden)` token embedding, and with `tied` the same weights as the head.
+    fn embedding(&self, vocab: usize, hidden: usize, tied: bool) -> Result<(Embed, Option<Matrix>)>;
+}
+
+/// What a matrix is quantized to when a model is quantized to `kind`: rows that are not whole
+/// blocks fall back (see [`QuantKind::for_cols`]); under q4_k the output head (also the
+/// embedding when tied) stays q8_0, where llama.cpp's Q4_K_M uses q6_k.
+pub(crate) fn quant_plan(name: &str, cols: usize, kind: QuantKind, tied: bool) -> Option<QuantKind> {
+    let head = name == "lm_head" || (tied && name == "model.embed_tokens");
+    if head && kind == QuantKind::Q4K { QuantKind::Q8_0.for_cols(cols) } else { kind.for_cols(cols) }
+}
+
+/// A safetensors checkpoint, optionally quantized while it loads.
+pub(crate) struct HfWeights<'a> {
+    pub vb: VarBuilder<'a>,
+    pub quant: Option<QuantKind>,
+}
+
+impl HfWeights<'_> {
+    fn quantized(&self, name: &str, w: Tensor, tied: bool) -> Result<Option<Arc<QMatrix>>> {
+        let Some(kind) = self.quant else { return Ok(None) };
+        let Some(kind) = quant_plan(name, w.dim(1)?, kind, tied) else { return Ok(None) };
+        Ok(Some(Arc::new(QMatrix::quantize(&w, kind)?)))
+    }
+
+    /// `PIPEHOST_QUANT_KERNEL=candle`: matrices through candle's own quantized matmul (the same
+    /// ggml bytes), to compare kernels; the embedding lookup stays ours.
+    fn candle_matrix(q: &QMatrix, w: &Tensor) -> Result<Option<Matrix>> {
+        if std::env::var("PIPEHOST_QUANT_KERNEL").as_deref() != Ok("candle") {
+            return Ok(None);
+        }
+        let qt = candle_core::quantized::QTensor::quantize(&w.to_dtype(DType::F32)?, q.kind().ggml())?;
+        Ok(Some(Matrix::Candle(Arc::new(candle_core::quantized::QMatMul::from_qtensor(qt)?))))
+    }
+}
+
+impl WeightSource for HfWeights<'_> {
+    fn device(&self) -> &Device {
+        self.vb.device()
+    }
+
+    fn dtype(&self) -> DType {
+        self.vb.dtype()
+    }
+
+    fn matrix(&self, name: &str, rows: usize, cols: usize, bias: bool) -> Result<Matrix> {
+        let vb = self.vb.pp(name);
+        if bias {
+            return Ok(Matrix::Dense(candle_nn::linear_b(cols, rows, true, vb)?));
+        }
+        let w = vb.get((rows, cols), "weight")?;
+        Ok(match self.quantized(name, w.clone(), false)? {
+            Some(q) => match Self::candle_matrix(&q, &w)? {
+                Some(m) => m,
+                None => Matrix::Quant(q),
+            },
+            None => Matrix::Dense(Linear::new(w, None)),
+        })
+    }
+
+    fn norm(&self, name: &str, dim: usize, eps: f64) -> Result<RmsNorm> {
+        Ok(candle_nn::rms_norm(dim, eps, self.vb.pp(name))?)
+    }
+
+    fn embedding(&self, vocab: usize, hidden: usize, tied: bool) -> Result<(Embed, Option<Matrix>)> {
+        let name = "model.embed_tokens";
+        let w = self.vb.pp(name).get((vocab, hidden), "weight")?;
+        Ok(match self.quantized(name, w.clone(), tied)? {
+            Some(q) => {
+                let head = match (tied, Self::candle_matrix(&q, &w)?) {
+                    (true, Some(m)) => Some(m),
+                    (true, None) => Some(Matrix::Quant(q.clone())),
+                    (false, _) => None,
+                };
+                (Embed::Quant(q), head)
+            }
+            None => (
+                Embed::Dense(Embedding::new(w.clone(), hidden)),
+                tied.then(|| Matrix::Dense(Linear::new(w, None))),
+            ),
         })
     }
 }
@@ -131,7 +258,7 @@ impl Dims {
 /// Qwen3 weights and the RoPE table.
 #[derive(Debug, Clone)]
 pub(crate) struct Qwen3 {
-    embed: Embedding,
+    embed: Embed,
     layers: Vec<Layer>,
     norm: RmsNorm,
     lm_head: Matrix,
@@ -152,41 +279,42 @@ pub(crate) struct StepInput<'a> {
 }
 
 impl Qwen3 {
-    pub fn load(cfg: &Config, vb: VarBuilder) -> Result<Self> {
-        let dtype = vb.dtype();
+    pub fn load(cfg: &Config, src: &dyn WeightSource) -> Result<Self> {
+        let dtype = src.dtype();
         if dtype == DType::F64 {
             return Err(candle_core::Error::Msg("Qwen3 runs in f32, bf16 or f16, not f64".into()).into());
         }
-        let device = vb.device().clone();
+        let device = src.device().clone();
         let (h, d) = (cfg.hidden_size, cfg.head_dim);
         let eps = cfg.rms_norm_eps;
         let bias = cfg.attention_bias;
-        let embed = candle_nn::embedding(cfg.vocab_size, h, vb.pp("model.embed_tokens"))?;
-        let vb_layers = vb.pp("model.layers");
+        let (embed, tied_head) = src.embedding(cfg.vocab_size, h, cfg.tie_word_embeddings)?;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
-            let vb = vb_layers.pp(i);
-            let attn = vb.pp("self_attn");
-            let mlp = vb.pp("mlp");
+            let p = format!("model.layers.{i}");
+            let m = |name: &str, rows: usize, cols: usize, bias: bool| {
+                src.matrix(&format!("{p}.{name}"), rows, cols, bias)
+            };
+            let n = |name: &str, dim: usize| src.norm(&format!("{p}.{name}"), dim, eps);
+            let (q_out, kv_out) = (cfg.num_attention_heads * d, cfg.num_key_value_heads * d);
             layers.push(Layer {
-                q: Matrix::load(h, cfg.num_attention_heads * d, bias, attn.pp("q_proj"))?,
-                k: Matrix::load(h, cfg.num_key_value_heads * d, bias, attn.pp("k_proj"))?,
-                v: Matrix::load(h, cfg.num_key_value_heads * d, bias, attn.pp("v_proj"))?,
-                o: Matrix::load(cfg.num_attention_heads * d, h, bias, attn.pp("o_proj"))?,
-                q_norm: candle_nn::rms_norm(d, eps, attn.pp("q_norm"))?,
-                k_norm: candle_nn::rms_norm(d, eps, attn.pp("k_norm"))?,
-                attn_norm: candle_nn::rms_norm(h, eps, vb.pp("input_layernorm"))?,
-                mlp_norm: candle_nn::rms_norm(h, eps, vb.pp("post_attention_layernorm"))?,
-                gate: Matrix::load(h, cfg.intermediate_size, false, mlp.pp("gate_proj"))?,
-                up: Matrix::load(h, cfg.intermediate_size, false, mlp.pp("up_proj"))?,
-                down: Matrix::load(cfg.intermediate_size, h, false, mlp.pp("down_proj"))?,
+                q: m("self_attn.q_proj", q_out, h, bias)?,
+                k: m("self_attn.k_proj", kv_out, h, bias)?,
+                v: m("self_attn.v_proj", kv_out, h, bias)?,
+                o: m("self_attn.o_proj", h, q_out, bias)?,
+                q_norm: n("self_attn.q_norm", d)?,
+                k_norm: n("self_attn.k_norm", d)?,
+                attn_norm: n("input_layernorm", h)?,
+                mlp_norm: n("post_attention_layernorm", h)?,
+                gate: m("mlp.gate_proj", cfg.intermediate_size, h, false)?,
+                up: m("mlp.up_proj", cfg.intermediate_size, h, false)?,
+                down: m("mlp.down_proj", h, cfg.intermediate_size, false)?,
             });
         }
-        let norm = candle_nn::rms_norm(h, eps, vb.pp("model.norm"))?;
-        let lm_head = if cfg.tie_word_embeddings {
-            Matrix::Dense(Linear::new(embed.embeddings().clone(), None))
-        } else {
-            Matrix::load(h, cfg.vocab_size, false, vb.pp("lm_head"))?
+        let norm = src.norm("model.norm", h, eps)?;
+        let lm_head = match tied_head {
+            Some(head) => head,
+            None => src.matrix("lm_head", cfg.vocab_size, h, false)?,
         };
         // The table candle-transformers builds: f32 frequencies, then the model's dtype.
         let inv_freq: Vec<f32> =
@@ -255,11 +383,10 @@ impl Qwen3 {
             positions.extend((start..start + input.ids.len()).map(|p| p as u32));
         }
         let total = ids.len();
-        let ids = Tensor::new(ids.as_slice(), &self.device)?;
         let positions = Tensor::new(positions.as_slice(), &self.device)?;
         let cos = self.cos.index_select(&positions, 0)?;
         let sin = self.sin.index_select(&positions, 0)?;
-        let mut x = self.embed.forward(&ids)?; // (total, hidden)
+        let mut x = self.embed.forward(&ids, &self.device)?; // (total, hidden)
 
         for (l, layer) in self.layers.iter().enumerate() {
             let h = layer.attn_norm.forward(&x)?;

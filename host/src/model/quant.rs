@@ -1,0 +1,946 @@
+//! Quantized weight matrices (ggml's q8_0 and q4_k) and our own CPU matmul for them.
+//!
+//! Blocks come in ggml's byte layout (from a GGUF file, or from candle's quantizer at load, so
+//! both paths hold identical bits) and are unpacked once into structs the kernels read
+//! directly: f16 scales widened to f32, q4_k's packed 6-bit scales and mins split into bytes.
+//!
+//! The matmul `y = x @ W^T` quantizes the activation rows to 8 bits once (blocks of 32, f32
+//! scale, plus each block's sum for q4_k's minimums), then for every weight row computes its
+//! dot product with *all* activation rows while that weight row is in cache: the weights are
+//! read from memory once per matmul, whatever the number of rows (a batch of decodes or a
+//! prefill chunk). Rayon splits the output columns. Each (row, column) dot product is computed
+//! by the same instruction sequence whatever rows run beside it, so a sequence's logits do not
+//! depend on its batch.
+//!
+//! Kernels: a plain scalar reference, AVX2+FMA (`maddubs`), and AVX-512 VNNI on 256-bit
+//! vectors (`vpdpbusd`), chosen at run time with `is_x86_feature_detected!`
+//! (`PIPEHOST_QUANT_KERNEL=scalar|avx2|vnni` forces one, and `candle` builds the matrices as
+//! candle's own `QMatMul` instead, for measurements).
+
+use std::sync::OnceLock;
+
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{DType, Tensor};
+use half::f16;
+use rayon::prelude::*;
+
+use super::error::Result;
+
+/// Values per q8_0 block (and per block of quantized activations).
+pub(crate) const QK8: usize = 32;
+/// Values per q4_k super-block.
+pub(crate) const QKK: usize = 256;
+
+/// The quantized formats our kernels run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum QuantKind {
+    /// 8-bit, one f16 scale per 32 values: 8.5 bits per weight.
+    Q8_0,
+    /// 4-bit k-quant: super-blocks of 256 with 6-bit scales and mins per 32: 4.5 bits per weight.
+    Q4K,
+}
+
+impl QuantKind {
+    pub(crate) fn ggml(self) -> GgmlDType {
+        match self {
+            QuantKind::Q8_0 => GgmlDType::Q8_0,
+            QuantKind::Q4K => GgmlDType::Q4K,
+        }
+    }
+
+    pub(crate) fn block(self) -> usize {
+        match self {
+            QuantKind::Q8_0 => QK8,
+            QuantKind::Q4K => QKK,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            QuantKind::Q8_0 => "q8_0",
+            QuantKind::Q4K => "q4_k",
+        }
+    }
+
+    /// The kind a matrix with rows of `cols` values gets when `self` is asked for: q4_k needs
+    /// rows that are whole super-blocks of 256 and falls back to q8_0 (rows of 32); `None`
+    /// means not even that fits and the matrix stays dense.
+    pub(crate) fn for_cols(self, cols: usize) -> Option<QuantKind> {
+        if cols.is_multiple_of(self.block()) {
+            Some(self)
+        } else if cols.is_multiple_of(QK8) {
+            Some(QuantKind::Q8_0)
+        } else {
+            None
+        }
+    }
+}
+
+/// One q8_0 block, unpacked: value `i` is `d * qs[i]`.
+#[derive(Debug, Clone, Copy)]
+#[repr(C)]
+pub(crate) struct Q8Block {
+    d: f32,
+    qs: [i8; QK8],
+}
+
+/// One q4_k super-block, unpacked: value `32 * j + i` is `d * sc[j] * q - dmin * m[j]`, with
+/// the 4-bit `q` of sub-block `j` in the low nibbles of `qs[32 * (j / 2)..][..32]` for even `j`
+/// and in the high nibbles for odd `j` (ggml's order).
+#[derive(Debug, Clone, Copy)]
+#[repr(C)]
+pub(crate) struct Q4KBlock {
+    d: f32,
+    dmin: f32,
+    sc: [u8; 8],
+    m: [u8; 8],
+    qs: [u8; 128],
+}
+
+/// 16 weight rows by 32 values of q8_0, interleaved for `vpdpbusd` (AVX-512 VNNI): one
+/// instruction multiplies 4 activation bytes (broadcast) with 4 values of each of the 16 rows.
+/// `qs[64 * g + 4 * r + j]` is row `r`'s value `4 * g + j` plus 128 (unsigned); the 128 is
+/// taken back out through the activation block's sum. Rows past the matrix are zero.
+#[derive(Debug, Clone, Copy)]
+#[repr(C, align(64))]
+pub(crate) struct Q8Tile {
+    d: [f32; TILE],
+    qs: [u8; QK8 * TILE],
+}
+
+/// Output rows per [`Q8Tile`].
+const TILE: usize = 16;
+
+#[derive(Debug, Clone)]
+enum Blocks {
+    Q8(Vec<Q8Block>),
+    /// q8_0 in tiles of 16 rows, `[row group][block]` (chosen when the CPU has VNNI).
+    Q8Tiled(Vec<Q8Tile>),
+    Q4K(Vec<Q4KBlock>),
+}
+
+/// A quantized `(rows, cols)` weight matrix, applied as `x @ W^T`.
+#[derive(Debug, Clone)]
+pub(crate) struct QMatrix {
+    rows: usize,
+    cols: usize,
+    blocks: Blocks,
+}
+
+fn f16_at(bytes: &[u8], at: usize) -> f32 {
+    f16::from_bits(u16::from_le_bytes([bytes[at], bytes[at + 1]])).to_f32()
+}
+
+/// ggml's `get_scale_min_k4`: the 6-bit scale and min of sub-block `j` from the 12 packed bytes.
+fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        ((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
+    }
+}
+
+impl QMatrix {
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    pub fn kind(&self) -> QuantKind {
+        match self.blocks {
+            Blocks::Q8(_) | Blocks::Q8Tiled(_) => QuantKind::Q8_0,
+            Blocks::Q4K(_) => QuantKind::Q4K,
+        }
+    }
+
+    /// From ggml's block bytes (`BlockQ8_0`: f16 d, 32 i8; `BlockQ4K`: f16 d, f16 dmin,
+    /// 12 bytes of scales, 128 of quants), rows of `cols` values.
+    pub fn from_ggml(kind: QuantKind, rows: usize, cols: usize, bytes: &[u8]) -> Result<Self> {
+        #[cfg(target_arch = "x86_64")]
+        if kind == QuantKind::Q8_0 && kernel() == Isa::Vnni {
+            return Self::tiles_from_ggml(rows, cols, bytes);
+        }
+        Self::from_ggml_rows(kind, rows, cols, bytes)
+    }
+
+    /// q8_0 ggml bytes straight into [`Q8Tile`]s (no row-layout copy in between).
+    fn tiles_from_ggml(rows: usize, cols: usize, bytes: &[u8]) -> Result<Self> {
+        let nb = cols / QK8;
+        if !cols.is_multiple_of(QK8) || bytes.len() != rows * nb * 34 {
+            return Err(candle_core::Error::Msg(format!(
+                "{} bytes for {rows} rows of {cols} q8_0 values",
+                bytes.len()
+            ))
+            .into());
+        }
+        let groups = rows.div_ceil(TILE);
+        let tiles = (0..groups * nb)
+            .into_par_iter()
+            .map(|i| {
+                let (g, b) = (i / nb, i % nb);
+                let mut tile = Q8Tile { d: [0.0; TILE], qs: [128; QK8 * TILE] };
+                for r in 0..TILE.min(rows - g * TILE) {
+                    let at = ((g * TILE + r) * nb + b) * 34;
+                    tile.d[r] = f16_at(bytes, at);
+                    for (k, &q) in bytes[at + 2..at + 34].iter().enumerate() {
+                        tile.qs[64 * (k / 4) + 4 * r + k % 4] = (i16::from(q as i8) + 128) as u8;
+                    }
+                }
+                tile
+            })
+            .collect();
+        Ok(QMatrix { rows, cols, blocks: Blocks::Q8Tiled(tiles) })
+    }
+
+    /// q8_0 rows regrouped into [`Q8Tile`]s (other kinds unchanged).
+    #[cfg(test)]
+    pub(crate) fn tiled(self) -> Self {
+        let Blocks::Q8(blocks) = &self.blocks else { return self };
+        let nb = self.cols / QK8;
+        let groups = self.rows.div_ceil(TILE);
+        let tiles = (0..groups * nb)
+            .into_par_iter()
+            .map(|i| {
+                let (g, b) = (i / nb, i % nb);
+                let mut tile = Q8Tile { d: [0.0; TILE], qs: [128; QK8 * TILE] };
+                for r in 0..TILE {
+                    let row = g * TILE + r;
+                    if row >= self.rows {
+                        break;
+                    }
+                    let blk = &blocks[row * nb + b];
+                    tile.d[r] = blk.d;
+                    for (k, &q) in blk.qs.iter().enumerate() {
+                        tile.qs[64 * (k / 4) + 4 * r + k % 4] = (i16::from(q) + 128) as u8;
+                    }
+                }
+                tile
+            })
+            .collect();
+        QMatrix { rows: self.rows, cols: self.cols, blocks: Blocks::Q8Tiled(tiles) }
+    }
+
+    /// [`Self::from_ggml`] in the row layout every kernel reads.
+    pub(crate) fn from_ggml_rows(kind: QuantKind, rows: usize, cols: usize, bytes: &[u8]) -> Result<Self> {
+        let bad = |m: String| candle_core::Error::Msg(m);
+        if !cols.is_multiple_of(kind.block()) {
+            return Err(bad(format!("{} rows of {cols} values are not whole blocks", kind.name())).into());
+        }
+        let (block_bytes, n) = match kind {
+            QuantKind::Q8_0 => (34, rows * cols / QK8),
+            QuantKind::Q4K => (144, rows * cols / QKK),
+        };
+        if bytes.len() != n * block_bytes {
+            return Err(bad(format!("{} bytes for {n} {} blocks", bytes.len(), kind.name())).into());
+        }
+        let blocks = match kind {
+            QuantKind::Q8_0 => Blocks::Q8(
+                bytes
+                    .par_chunks_exact(block_bytes)
+                    .map(|b| {
+                        let mut qs = [0i8; QK8];
+                        for (q, &byte) in qs.iter_mut().zip(&b[2..]) {
+                            *q = byte as i8;
+                        }
+                        Q8Block { d: f16_at(b, 0), qs }
+                    })
+                    .collect(),
+            ),
+            QuantKind::Q4K => Blocks::Q4K(
+                bytes
+                    .par_chunks_exact(block_bytes)
+                    .map(|b| {
+                        let (mut sc, mut m) = ([0u8; 8], [0u8; 8]);
+                        for j in 0..8 {
+                            (sc[j], m[j]) = scale_min_k4(j, &b[4..16]);
+                        }
+                        let mut qs = [0u8; 128];
+                        qs.copy_from_slice(&b[16..144]);
+                        Q4KBlock { d: f16_at(b, 0), dmin: f16_at(b, 2), sc, m, qs }
+                    })
+                    .collect(),
+            ),
+        };
+        Ok(QMatrix { rows, cols, blocks })
+    }
+
+    /// Quantize a 2-D weight with candle's quantizer (ggml's reference rounding), returning the
+    /// ggml bytes: what `pipehost quantize` writes and what loading them gives back.
+    pub fn quantize_ggml(w: &Tensor, kind: QuantKind) -> Result<Vec<u8>> {
+        let w = w.to_dtype(DType::F32)?;
+        let (rows, cols) = w.dims2()?;
+        // Row chunks quantize independently (blocks never cross rows), so in parallel.
+        const CHUNK: usize = 64;
+        let parts: Vec<Result<Vec<u8>>> = (0..rows.div_ceil(CHUNK))
+            .into_par_iter()
+            .map(|c| {
+                let n = CHUNK.min(rows - c * CHUNK);
+                // A fresh tensor: candle's quantize reads the whole storage, ignoring a
+                // narrowed view's offset.
+                let part = w.narrow(0, c * CHUNK, n)?.flatten_all()?.to_vec1::<f32>()?;
+                let part = Tensor::from_vec(part, (n, cols), &candle_core::Device::Cpu)?;
+                let q = QTensor::quantize(&part, kind.ggml())?;
+                Ok(q.data()?.into_owned())
+            })
+            .collect();
+        let mut out = Vec::new();
+        for p in parts {
+            out.extend_from_slice(&p?);
+        }
+        Ok(out)
+    }
+
+    /// Quantize a `(rows, cols)` weight.
+    pub fn quantize(w: &Tensor, kind: QuantKind) -> Result<Self> {
+        let (rows, cols) = w.dims2()?;
+        Self::from_ggml(kind, rows, cols, &Self::quantize_ggml(w, kind)?)
+    }
+
+    /// Row `r` dequantized into `out` (`cols` values): embedding lookups.
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        match &self.blocks {
+            Blocks::Q8Tiled(t) => {
+                let per = self.cols / QK8;
+                let (g, l) = (r / TILE, r % TILE);
+                for (tile, o) in t[g * per..(g + 1) * per].iter().zip(out.chunks_exact_mut(QK8)) {
+                    for (k, v) in o.iter_mut().enumerate() {
+                        let q = i16::from(tile.qs[64 * (k / 4) + 4 * l + k % 4]) - 128;
+                        *v = tile.d[l] * f32::from(q);
+                    }
+                }
+            }
+            Blocks::Q8(b) => {
+                let per = self.cols / QK8;
+                for (blk, o) in b[r * per..(r + 1) * per].iter().zip(out.chunks_exact_mut(QK8)) {
+                    for (v, &q) in o.iter_mut().zip(&blk.qs) {
+                        *v = blk.d * f32::from(q);
+                    }
+                }
+            }
+            Blocks::Q4K(b) => {
+                let per = self.cols / QKK;
+                for (blk, o) in b[r * per..(r + 1) * per].iter().zip(out.chunks_exact_mut(QKK)) {
+                    for j in 0..8 {
+                        let (d, m) = (blk.d * f32::from(blk.sc[j]), blk.dmin * f32::from(blk.m[j]));
+                        let qs = &blk.qs[32 * (j / 2)..32 * (j / 2) + 32];
+                        for (i, v) in o[32 * j..32 * j + 32].iter_mut().enumerate() {
+                            let q = if j % 2 == 0 { qs[i] & 0xF } else { qs[i] >> 4 };
+                            *v = d * f32::from(q) - m;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// `x @ W^T` for `m` rows of `x` (row-major, `m * cols`): `(m, rows)` row-major.
+    pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
+        self.matmul_with(kernel(), x, m)
+    }
+
+    pub(crate) fn matmul_with(&self, isa: Isa, x: &[f32], m: usize) -> Vec<f32> {
+        assert_eq!(x.len(), m * self.cols, "activation shape");
+        let act = Act::quantize(x, m, self.cols);
+        let n = self.rows;
+        #[cfg(target_arch = "x86_64")]
+        if let Blocks::Q8Tiled(tiles) = &self.blocks {
+            return self.matmul_tiled(tiles, &act, m);
+        }
+        // Output columns per task: enough tasks to balance, few enough to keep overhead low.
+        let threads = rayon::current_num_threads().max(1);
+        let per_task = (n / (threads * 16)).clamp(8, 512).min(n.max(1));
+        let mut out_t = vec![0f32; n * m]; // (n, m): each task owns whole weight rows
+        out_t.par_chunks_mut(per_task * m).enumerate().for_each(|(t, chunk)| {
+            let first = t * per_task;
+            // Tiles of activation rows stay in L2 while the task's weight rows pass over them.
+            const TILE: usize = 64;
+            for r0 in (0..m).step_by(TILE) {
+                let r1 = (r0 + TILE).min(m);
+                for (i, col) in chunk.chunks_exact_mut(m).enumerate() {
+                    self.row_dots(isa, first + i, &act, r0, &mut col[r0..r1]);
+                }
+            }
+        });
+        if m == 1 {
+            return out_t;
+        }
+        let mut out = vec![0f32; m * n];
+        for (c, col) in out_t.chunks_exact(m).enumerate() {
+            for (r, &v) in col.iter().enumerate() {
+                out[r * n + c] = v;
+            }
+        }
+        out
+    }
+
+    /// [`Self::matmul_with`] over [`Q8Tile`]s: each task owns whole groups of 16 output columns.
+    #[cfg(target_arch = "x86_64")]
+    fn matmul_tiled(&self, tiles: &[Q8Tile], act: &Act, m: usize) -> Vec<f32> {
+        let (n, nb) = (self.rows, self.cols / QK8);
+        let groups = n.div_ceil(TILE);
+        let threads = rayon::current_num_threads().max(1);
+        let per_task = (groups / (threads * 16)).clamp(1, 64);
+        let mut buf = vec![0f32; groups * m * TILE]; // (group, row, 16)
+        buf.par_chunks_mut(per_task * m * TILE).enumerate().for_each(|(t, chunk)| {
+            for (i, gbuf) in chunk.chunks_exact_mut(m * TILE).enumerate() {
+                let g = t * per_task + i;
+                let gt = &tiles[g * nb..(g + 1) * nb];
+                let mut r = 0;
+                while r < m {
+                    let take = if m - r >= 4 { 4 } else { 1 };
+                    let o = &mut gbuf[r * TILE..(r + take) * TILE];
+                    match take {
+                        4 => tiled_rows::<4>(gt, act, r, o),
+                        _ => tiled_rows::<1>(gt, act, r, o),
+                    }
+                    r += take;
+                }
+            }
+        });
+        if n == groups * TILE && m == 1 {
+            return buf;
+        }
+        let mut out = vec![0f32; m * n];
+        for g in 0..groups {
+            let (c0, len) = (g * TILE, TILE.min(n - g * TILE));
+            for r in 0..m {
+                out[r * n + c0..r * n + c0 + len].copy_from_slice(&buf[(g * m + r) * TILE..][..len]);
+            }
+        }
+        out
+    }
+
+    /// Dot products of weight row `w` with activation rows `r0..r0 + out.len()`.
+    fn row_dots(&self, isa: Isa, w: usize, act: &Act, r0: usize, out: &mut [f32]) {
+        let mut r = 0;
+        while r < out.len() {
+            let take = if out.len() - r >= 4 { 4 } else { 1 };
+            let rows = r0 + r..r0 + r + take;
+            let o = &mut out[r..r + take];
+            match &self.blocks {
+                Blocks::Q8(b) => {
+                    let per = self.cols / QK8;
+                    let wrow = &b[w * per..(w + 1) * per];
+                    match take {
+                        4 => dispatch_q8::<4>(isa, wrow, act, rows, o),
+                        _ => dispatch_q8::<1>(isa, wrow, act, rows, o),
+                    }
+                }
+                Blocks::Q4K(b) => {
+                    let per = self.cols / QKK;
+                    let wrow = &b[w * per..(w + 1) * per];
+                    match take {
+                        4 => dispatch_q4k::<4>(isa, wrow, act, rows, o),
+                        _ => dispatch_q4k::<1>(isa, wrow, act, rows, o),
+                    }
+                }
+                Blocks::Q8Tiled(_) => unreachable!("tiled matrices run matmul_tiled"),
+            }
+            r += take;
+        }
+    }
+}
+
+/// Activation rows quantized to 8 bits in blocks of 32: `qs` row-major, one scale and one
+/// `scale * sum(q)` per block.
+pub(crate) struct Act {
+    cols: usize,
+    qs: Vec<i8>,
+    d: Vec<f32>,
+    sum: Vec<f32>,
+    /// `sum(q)` per block, as an integer (the tiled kernel's +128 correction).
+    isum: Vec<i32>,
+}
+
+impl Act {
+    fn quantize(x: &[f32], m: usize, cols: usize) -> Self {
+        let blocks = m * cols / QK8;
+        let mut qs = vec![0i8; m * cols];
+        let mut d = vec![0f32; blocks];
+        let mut sum = vec![0f32; blocks];
+        let mut isum = vec![0i32; blocks];
+        for ((((xb, qb), db), sb), ib) in x
+            .chunks_exact(QK8)
+            .zip(qs.chunks_exact_mut(QK8))
+            .zip(d.iter_mut())
+            .zip(sum.iter_mut())
+            .zip(isum.iter_mut())
+        {
+            let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
+            let scale = amax / 127.0;
+            let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+            let mut s = 0i32;
+            for (q, &v) in qb.iter_mut().zip(xb) {
+                // Round half away from zero without a libm call (baseline x86-64 has no
+                // SSE4.1 `roundps`): |v * inv| <= 127, so the i32 truncation is exact.
+                let t = v * inv;
+                *q = (t + 0.5f32.copysign(t)) as i32 as i8;
+                s += i32::from(*q);
+            }
+            *db = scale;
+            *sb = scale * s as f32;
+            *ib = s;
+        }
+        Act { cols, qs, d, sum, isum }
+    }
+
+    fn row_qs(&self, r: usize) -> &[i8] {
+        &self.qs[r * self.cols..(r + 1) * self.cols]
+    }
+
+    fn row_d(&self, r: usize) -> &[f32] {
+        let per = self.cols / QK8;
+        &self.d[r * per..(r + 1) * per]
+    }
+
+    fn row_sum(&self, r: usize) -> &[f32] {
+        let per = self.cols / QK8;
+        &self.sum[r * per..(r + 1) * per]
+    }
+
+    fn row_isum(&self, r: usize) -> &[i32] {
+        let per = self.cols / QK8;
+        &self.isum[r * per..(r + 1) * per]
+    }
+}
+
+/// Which kernel family runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Isa {
+    Scalar,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    #[cfg(target_arch = "x86_64")]
+    Vnni,
+}
+
+impl Isa {
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => "avx2",
+            #[cfg(target_arch = "x86_64")]
+            Isa::Vnni => "avx512-vnni",
+        }
+    }
+
+    /// Every kernel this CPU can run (for tests).
+    pub fn available() -> Vec<Isa> {
+        let mut v = vec![Isa::Scalar];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if avx2_ok() {
+                v.push(Isa::Avx2);
+            }
+            if vnni_ok() {
+                v.push(Isa::Vnni);
+            }
+        }
+        v
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn avx2_ok() -> bool {
+    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+}
+
+#[cfg(target_arch = "x86_64")]
+fn vnni_ok() -> bool {
+    avx2_ok()
+        && is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512vnni")
+        && is_x86_feature_detected!("avx512vl")
+}
+
+/// The fastest kernel this CPU runs, unless PIPEHOST_QUANT_KERNEL names one.
+pub(crate) fn kernel() -> Isa {
+    static ISA: OnceLock<Isa> = OnceLock::new();
+    *ISA.get_or_init(|| {
+        let available = Isa::available();
+        let wanted = std::env::var("PIPEHOST_QUANT_KERNEL").unwrap_or_default();
+        if let Some(isa) =
+            available.iter().find(|i| i.name() == wanted || (wanted == "vnni" && i.name() == "avx512-vnni"))
+        {
+            return *isa;
+        }
+        *available.last().expect("scalar is always there")
+    })
+}
+
+fn dispatch_q8<const R: usize>(
+    isa: Isa,
+    w: &[Q8Block],
+    act: &Act,
+    rows: std::ops::Range<usize>,
+    out: &mut [f32],
+) {
+    let a: [&[i8]; R] = std::array::from_fn(|i| act.row_qs(rows.start + i));
+    let d: [&[f32]; R] = std::array::from_fn(|i| act.row_d(rows.start + i));
+    let res = match isa {
+        Isa::Scalar => q8_scalar::<R>(w, a, d),
+        // SAFETY: the CPU has the features (checked when the Isa was chosen).
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { x86::q8_avx2::<R>(w, a, d) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Vnni => unsafe { x86::q8_vnni::<R>(w, a, d) },
+    };
+    out.copy_from_slice(&res);
+}
+
+/// `R` activation rows from `r0` against one group of 16 weight rows: `out` is `(R, 16)`.
+#[cfg(target_arch = "x86_64")]
+fn tiled_rows<const R: usize>(tiles: &[Q8Tile], act: &Act, r0: usize, out: &mut [f32]) {
+    let a: [&[i8]; R] = std::array::from_fn(|i| act.row_qs(r0 + i));
+    let d: [&[f32]; R] = std::array::from_fn(|i| act.row_d(r0 + i));
+    let s: [&[i32]; R] = std::array::from_fn(|i| act.row_isum(r0 + i));
+    // SAFETY: tiled matrices are only built when the CPU has AVX-512 VNNI (`kernel()`), or by
+    // tests that check `Isa::available()` first.
+    let res = unsafe { x86::q8_tiles_vnni::<R>(tiles, a, d, s) };
+    for (o, r) in out.chunks_exact_mut(TILE).zip(&res) {
+        o.copy_from_slice(r);
+    }
+}
+
+fn dispatch_q4k<const R: usize>(
+    isa: Isa,
+    w: &[Q4KBlock],
+    act: &Act,
+    rows: std::ops::Range<usize>,
+    out: &mut [f32],
+) {
+    let a: [&[i8]; R] = std::array::from_fn(|i| act.row_qs(rows.start + i));
+    let d: [&[f32]; R] = std::array::from_fn(|i| act.row_d(rows.start + i));
+    let s: [&[f32]; R] = std::array::from_fn(|i| act.row_sum(rows.start + i));
+    let res = match isa {
+        Isa::Scalar => q4k_scalar::<R>(w, a, d, s),
+        // SAFETY: the CPU has the features (checked when the Isa was chosen).
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { x86::q4k_avx2::<R>(w, a, d, s) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Vnni => unsafe { x86::q4k_vnni::<R>(w, a, d, s) },
+    };
+    out.copy_from_slice(&res);
+}
+
+/// Reference: `sum_b w.d * a.d * sum_i w.q * a.q` in plain Rust.
+fn q8_scalar<const R: usize>(w: &[Q8Block], a: [&[i8]; R], d: [&[f32]; R]) -> [f32; R] {
+    let mut out = [0f32; R];
+    for r in 0..R {
+        let mut acc = 0f32;
+        for (b, blk) in w.iter().enumerate() {
+            let qa = &a[r][b * QK8..(b + 1) * QK8];
+            let s: i32 = blk.qs.iter().zip(qa).map(|(&x, &y)| i32::from(x) * i32::from(y)).sum();
+            acc += blk.d * d[r][b] * s as f32;
+        }
+        out[r] = acc;
+    }
+    out
+}
+
+/// Reference: per sub-block `j`, `d * sc[j] * a.d * sum(q * a.q) - dmin * m[j] * a.d * sum(a.q)`.
+fn q4k_scalar<const R: usize>(w: &[Q4KBlock], a: [&[i8]; R], d: [&[f32]; R], s: [&[f32]; R]) -> [f32; R] {
+    let mut out = [0f32; R];
+    for r in 0..R {
+        let mut acc = 0f32;
+        for (b, blk) in w.iter().enumerate() {
+            for j in 0..8 {
+                let qs = &blk.qs[32 * (j / 2)..32 * (j / 2) + 32];
+                let qa = &a[r][b * QKK + 32 * j..b * QKK + 32 * j + 32];
+                let dot: i32 = qs
+                    .iter()
+                    .zip(qa)
+                    .map(|(&q, &y)| i32::from(if j % 2 == 0 { q & 0xF } else { q >> 4 }) * i32::from(y))
+                    .sum();
+                let sub = b * 8 + j;
+                acc += blk.d * f32::from(blk.sc[j]) * d[r][sub] * dot as f32
+                    - blk.dmin * f32::from(blk.m[j]) * s[r][sub];
+            }
+        }
+        out[r] = acc;
+    }
+    out
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    //! The same two kernels for AVX2+FMA (`maddubs` + `madd`) and for AVX-512 VNNI on 256-bit
+    //! registers (`vpdpbusd`), from one macro so they cannot drift apart.
+
+    use std::arch::x86_64::*;
+
+    use super::{Q4KBlock, Q8Block, QK8, QKK};
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        _mm_cvtss_f32(s)
+    }
+
+    /// `u8 x i8` products summed in fours into 8 i32 lanes.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn dot_avx2(u: __m256i, s: __m256i) -> __m256i {
+        _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,avx512vnni,avx512vl")]
+    fn dot_vnni(u: __m256i, s: __m256i) -> __m256i {
+        _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s)
+    }
+
+    macro_rules! kernels {
+        ($q8:ident, $q4k:ident, $dot:ident, $features:literal) => {
+            /// # Safety
+            /// The CPU must have the enabled features.
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn $q8<const R: usize>(
+                w: &[Q8Block],
+                a: [&[i8]; R],
+                d: [&[f32]; R],
+            ) -> [f32; R] {
+                let mut acc = [_mm256_setzero_ps(); R];
+                for (b, blk) in w.iter().enumerate() {
+                    // SAFETY: 32 bytes of the block and of each activation row's block b.
+                    let wq = unsafe { _mm256_loadu_si256(blk.qs.as_ptr().cast()) };
+                    let wabs = _mm256_sign_epi8(wq, wq);
+                    for r in 0..R {
+                        let aq = unsafe { _mm256_loadu_si256(a[r][b * QK8..].as_ptr().cast()) };
+                        let p = $dot(wabs, _mm256_sign_epi8(aq, wq));
+                        acc[r] =
+                            _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(blk.d * d[r][b]), acc[r]);
+                    }
+                }
+                std::array::from_fn(|r| hsum(acc[r]))
+            }
+
+            /// # Safety
+            /// The CPU must have the enabled features.
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn $q4k<const R: usize>(
+                w: &[Q4KBlock],
+                a: [&[i8]; R],
+                d: [&[f32]; R],
+                s: [&[f32]; R],
+            ) -> [f32; R] {
+                let mut acc = [_mm256_setzero_ps(); R];
+                let mut mins = [0f32; R];
+                let nib = _mm256_set1_epi8(0x0F);
+                for (b, blk) in w.iter().enumerate() {
+                    for j in 0..4 {
+                        // SAFETY: 32 of the block's 128 quant bytes.
+                        let q = unsafe { _mm256_loadu_si256(blk.qs[32 * j..].as_ptr().cast()) };
+                        let lo = _mm256_and_si256(q, nib);
+                        let hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), nib);
+                        let (s0, s1) =
+                            (blk.d * f32::from(blk.sc[2 * j]), blk.d * f32::from(blk.sc[2 * j + 1]));
+                        let sub = b * 8 + 2 * j;
+                        for r in 0..R {
+                            let at = b * QKK + 64 * j;
+                            // SAFETY: 64 activation bytes of super-block b.
+                            let a0 = unsafe { _mm256_loadu_si256(a[r][at..].as_ptr().cast()) };
+                            let a1 = unsafe { _mm256_loadu_si256(a[r][at + 32..].as_ptr().cast()) };
+                            let p0 = _mm256_cvtepi32_ps($dot(lo, a0));
+                            let p1 = _mm256_cvtepi32_ps($dot(hi, a1));
+                            acc[r] = _mm256_fmadd_ps(p0, _mm256_set1_ps(s0 * d[r][sub]), acc[r]);
+                            acc[r] = _mm256_fmadd_ps(p1, _mm256_set1_ps(s1 * d[r][sub + 1]), acc[r]);
+                        }
+                    }
+                    for r in 0..R {
+                        let mut m = 0f32;
+                        for j in 0..8 {
+                            m += f32::from(blk.m[j]) * s[r][b * 8 + j];
+                        }
+                        mins[r] += blk.dmin * m;
+                    }
+                }
+                std::array::from_fn(|r| hsum(acc[r]) - mins[r])
+            }
+        };
+    }
+
+    /// q8_0 [`super::Q8Tile`]s with 512-bit `vpdpbusd`: per block and activation row, 8
+    /// instructions give 16 output columns' integer dots; one FMA scales them.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F/BW and VNNI.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub(super) unsafe fn q8_tiles_vnni<const R: usize>(
+        tiles: &[super::Q8Tile],
+        a: [&[i8]; R],
+        d: [&[f32]; R],
+        isum: [&[i32]; R],
+    ) -> [[f32; 16]; R] {
+        let mut facc = [_mm512_setzero_ps(); R];
+        for (b, t) in tiles.iter().enumerate() {
+            let mut iacc = [_mm512_setzero_si512(); R];
+            for g in 0..8 {
+                // SAFETY: 64 of the tile's 512 quant bytes.
+                let w = unsafe { _mm512_loadu_si512(t.qs[64 * g..].as_ptr().cast()) };
+                for r in 0..R {
+                    // SAFETY: 4 bytes inside activation block b of row r.
+                    let x = unsafe { a[r][b * QK8 + 4 * g..].as_ptr().cast::<i32>().read_unaligned() };
+                    iacc[r] = _mm512_dpbusd_epi32(iacc[r], w, _mm512_set1_epi32(x));
+                }
+            }
+            // SAFETY: the tile's 16 scales.
+            let wd = unsafe { _mm512_loadu_ps(t.d.as_ptr()) };
+            for r in 0..R {
+                let dots = _mm512_sub_epi32(iacc[r], _mm512_set1_epi32(128 * isum[r][b]));
+                let scale = _mm512_mul_ps(wd, _mm512_set1_ps(d[r][b]));
+                facc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dots), scale, facc[r]);
+            }
+        }
+        let mut out = [[0f32; 16]; R];
+        for r in 0..R {
+            // SAFETY: 16 floats.
+            unsafe { _mm512_storeu_ps(out[r].as_mut_ptr(), facc[r]) };
+        }
+        out
+    }
+
+    kernels!(q8_avx2, q4k_avx2, dot_avx2, "avx2,fma");
+    kernels!(q8_vnni, q4k_vnni, dot_vnni, "avx2,fma,avx512vnni,avx512vl");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn random(n: usize, seed: u64) -> Vec<f32> {
+        let mut rng = super::super::sampling::Rng::new(seed);
+        (0..n).map(|_| (rng.next_f64() * 2.0 - 1.0) as f32).collect()
+    }
+
+    /// f64 `x @ W^T` of the dequantized weights and the quantized activations: what every
+    /// kernel approximates, so kernels are compared with this and with each other.
+    fn exact(q: &QMatrix, x: &[f32], m: usize) -> Vec<f64> {
+        let act = Act::quantize(x, m, q.cols);
+        let mut w = vec![0f32; q.cols];
+        let mut out = vec![0f64; m * q.rows];
+        for n in 0..q.rows {
+            q.dequantize_row(n, &mut w);
+            for r in 0..m {
+                let (qs, d) = (act.row_qs(r), act.row_d(r));
+                out[r * q.rows + n] =
+                    (0..q.cols).map(|i| f64::from(w[i]) * f64::from(qs[i]) * f64::from(d[i / QK8])).sum();
+            }
+        }
+        out
+    }
+
+    /// The row layout (every kernel reads it).
+    fn rows_of(w: &Tensor, kind: QuantKind) -> QMatrix {
+        let (rows, cols) = w.dims2().unwrap();
+        QMatrix::from_ggml_rows(kind, rows, cols, &QMatrix::quantize_ggml(w, kind).unwrap()).unwrap()
+    }
+
+    /// The matrix with every kernel, plus the tiled layout where the CPU runs it.
+    fn variants(rows: &QMatrix) -> Vec<(Isa, QMatrix)> {
+        #[allow(unused_mut)]
+        let mut v: Vec<(Isa, QMatrix)> = Isa::available().into_iter().map(|i| (i, rows.clone())).collect();
+        #[cfg(target_arch = "x86_64")]
+        if rows.kind() == QuantKind::Q8_0 && Isa::available().contains(&Isa::Vnni) {
+            v.push((Isa::Vnni, rows.clone().tiled()));
+        }
+        v
+    }
+
+    #[test]
+    fn kernels_agree_with_the_reference_on_random_inputs() {
+        for kind in [QuantKind::Q8_0, QuantKind::Q4K] {
+            for (rows, cols, m) in [(37, 512, 1), (16, 256, 7), (9, 768, 13)] {
+                let w = Tensor::from_vec(random(rows * cols, 1), (rows, cols), &Device::Cpu).unwrap();
+                let q = rows_of(&w, kind);
+                assert_eq!(q.kind(), kind);
+                let x = random(m * cols, 2);
+                let want = exact(&q, &x, m);
+                for (isa, q) in variants(&q) {
+                    let got = q.matmul_with(isa, &x, m);
+                    for (i, (&g, &e)) in got.iter().zip(&want).enumerate() {
+                        let tol = 1e-4 * (1.0 + e.abs()) + 1e-5 * cols as f64;
+                        assert!(((g as f64) - e).abs() <= tol, "{kind:?} {} [{i}]: {g} vs {e}", isa.name());
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_row_gets_the_same_bits_whatever_rows_run_beside_it() {
+        let (rows, cols) = (24, 512);
+        let w = Tensor::from_vec(random(rows * cols, 3), (rows, cols), &Device::Cpu).unwrap();
+        let x = random(9 * cols, 4);
+        for kind in [QuantKind::Q8_0, QuantKind::Q4K] {
+            let q = rows_of(&w, kind);
+            for (isa, q) in variants(&q) {
+                let all = q.matmul_with(isa, &x, 9);
+                for r in 0..9 {
+                    let one = q.matmul_with(isa, &x[r * cols..(r + 1) * cols], 1);
+                    assert_eq!(one, all[r * rows..(r + 1) * rows], "{kind:?} {} row {r}", isa.name());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn quantized_matmul_is_close_to_the_dense_one() {
+        let (rows, cols, m) = (64, 1024, 3);
+        let w = random(rows * cols, 5);
+        let x = random(m * cols, 6);
+        let wt = Tensor::from_vec(w.clone(), (rows, cols), &Device::Cpu).unwrap();
+        for (kind, rel) in [(QuantKind::Q8_0, 0.01), (QuantKind::Q4K, 0.08)] {
+            let q = QMatrix::quantize(&wt, kind).unwrap();
+            let got = q.matmul(&x, m);
+            let mut err = 0f64;
+            let mut norm = 0f64;
+            for r in 0..m {
+                for n in 0..rows {
+                    let e: f64 =
+                        (0..cols).map(|i| f64::from(w[n * cols + i]) * f64::from(x[r * cols + i])).sum();
+                    err += (f64::from(got[r * rows + n]) - e).powi(2);
+                    norm += e * e;
+                }
+            }
+            let rel_err = (err / norm).sqrt();
+            eprintln!("{kind:?}: relative RMS error {rel_err:.4}");
+            assert!(rel_err < rel, "{kind:?}: relative error {rel_err}");
+        }
+    }
+
+    #[test]
+    fn unpacked_blocks_dequantize_like_candle() {
+        let (rows, cols) = (5, 512);
+        let w = Tensor::from_vec(random(rows * cols, 8), (rows, cols), &Device::Cpu).unwrap();
+        for kind in [QuantKind::Q8_0, QuantKind::Q4K] {
+            let theirs = QTensor::quantize(&w, kind.ggml()).unwrap().dequantize(&Device::Cpu).unwrap();
+            let theirs = theirs.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let mut ours = vec![0f32; cols];
+            for (_, q) in variants(&rows_of(&w, kind)) {
+                for r in 0..rows {
+                    q.dequantize_row(r, &mut ours);
+                    for (i, (a, b)) in ours.iter().zip(&theirs[r * cols..]).enumerate() {
+                        assert!((a - b).abs() <= 1e-6 * (1.0 + b.abs()), "{kind:?} [{r}, {i}]: {a} vs {b}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn falls_back_for_rows_that_are_not_whole_blocks() {
+        assert_eq!(QuantKind::Q4K.for_cols(512), Some(QuantKind::Q4K));
+        assert_eq!(QuantKind::Q4K.for_cols(64), Some(QuantKind::Q8_0));
+        assert_eq!(QuantKind::Q8_0.for_cols(48), None);
+    }
+}
