@@ -68,7 +68,7 @@ const LANES: usize = 16;
 
 /// `y[i][j] = Σ_k x[i][k] · w[j][k]` for `x: (m, k)`, `w: (n, k)` (both row-major), `y: (m, n)`.
 pub(crate) fn matmul<W: Weight>(x: &[f32], m: usize, k: usize, w: &[W], n: usize, y: &mut [f32]) {
-    assert!(m >= 1 && m <= MAX_ROWS, "{m} rows");
+    assert!((1..=MAX_ROWS).contains(&m), "{m} rows");
     assert_eq!(x.len(), m * k);
     assert_eq!(w.len(), n * k);
     assert_eq!(y.len(), m * n);
