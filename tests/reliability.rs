@@ -161,7 +161,9 @@ fn nan_model(dir: &std::path::Path) -> pipehost::model::Model {
     let shape = pipehost::model::Qwen3Shape { vocab_size: 16384, ..fixture::shape() };
     let weights = RandomWeights { std: f32::NAN, norm_std: f32::NAN, seed: 1, dtype: DTypeChoice::F32 };
     write_random_model(&shape, &weights, dir, dir).unwrap();
-    let spec = pipehost::model::ModelSpec::new(dir.to_string_lossy());
+    // f32 as stored: quantizing at load (the CPU default) would round the NaNs away.
+    let mut spec = pipehost::model::ModelSpec::new(dir.to_string_lossy());
+    spec.dtype = DTypeChoice::F32;
     pipehost::model::load(&spec).unwrap()
 }
 
