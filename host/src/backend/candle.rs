@@ -32,6 +32,8 @@ fn map_error(e: ModelError) -> BackendError {
         ModelError::QueueFull => BackendError::QueueFull,
         ModelError::EngineStopped => BackendError::Unavailable(e.to_string()),
         ModelError::InvalidRequest(m) => BackendError::InvalidRequest(m),
+        // The client asked for more tokens than the engine could ever hold: its request to fix.
+        ModelError::KvBudget { .. } => BackendError::InvalidRequest(e.to_string()),
         other => BackendError::Failed(other.to_string()),
     }
 }
