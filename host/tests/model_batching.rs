@@ -1,8 +1,8 @@
 //! Continuous batching and the prefix cache, against the transformers goldens of the tiny
 //! reference Qwen3 (see model_reference.rs): nothing about a request may change because others
 //! run beside it, join mid-flight, or leave.
+mod support;
 
-use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -16,18 +16,7 @@ use serde_json::Value;
 const LOGIT_TOL: f32 = 1e-4;
 const TIE_MARGIN: f64 = 1e-3;
 
-fn reference_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("PIPEHOST_REFERENCE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/reference"));
-    if dir.join("tiny-qwen3.golden.json").is_file() {
-        return Some(dir);
-    }
-    let required = std::env::var("PIPEHOST_REQUIRE_REFERENCE").is_ok_and(|v| v == "1");
-    assert!(!required, "reference data not found at {} and PIPEHOST_REQUIRE_REFERENCE=1", dir.display());
-    eprintln!("SKIPPED: reference data not found at {} (set PIPEHOST_REFERENCE_DIR)", dir.display());
-    None
-}
+use support::reference_dir;
 
 fn golden() -> Option<&'static Value> {
     static GOLDEN: OnceLock<Option<Value>> = OnceLock::new();

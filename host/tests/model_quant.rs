@@ -3,26 +3,16 @@
 //! `pipehost quantize` give the same logits as quantizing at load; batching changes nothing.
 //!
 //! The error bounds asserted here are the ones docs/model.md states.
+mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use pipehost::model::{
     self, DTypeChoice, DeviceChoice, Model, ModelSpec, QuantChoice, Qwen3Shape, RandomWeights,
 };
 use serde_json::Value;
 
-fn reference_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("PIPEHOST_REFERENCE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/reference"));
-    if dir.join("tiny-qwen3.golden.json").is_file() {
-        return Some(dir);
-    }
-    let required = std::env::var("PIPEHOST_REQUIRE_REFERENCE").is_ok_and(|v| v == "1");
-    assert!(!required, "reference data not found at {} and PIPEHOST_REQUIRE_REFERENCE=1", dir.display());
-    eprintln!("SKIPPED: reference data not found at {} (set PIPEHOST_REFERENCE_DIR)", dir.display());
-    None
-}
+use support::reference_dir;
 
 fn load(path: &Path, quantize: QuantChoice) -> Model {
     let mut spec = ModelSpec::new(path.to_str().unwrap());

@@ -5,8 +5,8 @@
 //!
 //! The folder comes from PIPEHOST_REFERENCE_DIR (default `<repo>/../shared/reference`). When
 //! it is absent the tests say so and pass, unless PIPEHOST_REQUIRE_REFERENCE=1 (set by CI).
+mod support;
 
-use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use pipehost::model::{
@@ -20,18 +20,7 @@ const LOGIT_TOL: f32 = 1e-4;
 /// Below this top-1/top-2 margin a different token is a legitimate tie.
 const TIE_MARGIN: f64 = 1e-3;
 
-fn reference_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("PIPEHOST_REFERENCE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/reference"));
-    if dir.join("tiny-qwen3.golden.json").is_file() {
-        return Some(dir);
-    }
-    let required = std::env::var("PIPEHOST_REQUIRE_REFERENCE").is_ok_and(|v| v == "1");
-    assert!(!required, "reference data not found at {} and PIPEHOST_REQUIRE_REFERENCE=1", dir.display());
-    eprintln!("SKIPPED: reference data not found at {} (set PIPEHOST_REFERENCE_DIR)", dir.display());
-    None
-}
+use support::reference_dir;
 
 struct Reference {
     model: Mutex<Model>,
