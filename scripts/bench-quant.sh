@@ -12,8 +12,13 @@
 # MODEL_ROOT (where random model folders are written once, default /tmp/pipehost-bench-quant),
 # ROUNDS (default 3), RUNS (runs per bench invocation, default 3), SHAPES (default qwen3-0.6b),
 # KERNELS=1 also times q8_0/q4_k through candle's own QMatMul (PIPEHOST_QUANT_KERNEL=candle)
-# and with our AVX2 and scalar kernels forced, GGUF=1 also runs the
+# and with our VNNI kernel on rows instead of tiles and our AVX2 and scalar kernels forced, GGUF=1 also runs the
 # q4_k model from a GGUF file written by `pipehost quantize`, NO_BUILD=1 skips cargo build.
+# LLAMA=1 also runs llama.cpp (built from source by scripts/llamacpp.sh) in the same rounds: on
+# its own f32 / Q8_0 / Q4_K_M files made from the same weights with its convert_hf_to_gguf.py
+# and llama-quantize, and on the q8_0 / q4_k files `pipehost quantize` writes (interoperability).
+# PYTORCH=1 also runs ../shared/reference/bench/pytorch_decode.py in f32 and bf16. Both need a
+# Python with torch, transformers, safetensors, numpy and sentencepiece: PYTHON (default python3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,6 +29,7 @@ rounds=${ROUNDS:-3}
 runs=${RUNS:-3}
 shapes=${SHAPES:-qwen3-0.6b}
 target=${CARGO_TARGET_DIR:-target}
+python=${PYTHON:-python3}
 mkdir -p "$out" "$root"
 [ "${NO_BUILD:-0}" = 1 ] || cargo build --release -p pipehost
 P=$target/release/pipehost
@@ -46,6 +52,43 @@ bench() { # label model-args...
   echo "{\"label\": \"$label\", \"result\": $json}" | tee -a "$out/results.jsonl"
 }
 
+# llama-bench on one GGUF file (-p 32 -n 64, RUNS repetitions, 2 threads): the medians of its
+# per-repetition tokens/s, in the keys of pipehost's JSON.
+llama() { # label file
+  local label=$1 file=$2
+  /usr/bin/time -v -o "$out/time.txt" "$llama_bin/llama-bench" -m "$file" -t 2 -p 32 -n 64 \
+    -r "$runs" -o jsonl >"$out/llama.jsonl" 2>"$out/stderr.txt"
+  local kb
+  kb=$(awk -F: '/Maximum resident set size/ {gsub(/ /, "", $2); print $2}' "$out/time.txt")
+  python3 - "$label" "$out/llama.jsonl" "$kb" <<'PY' | tee -a "$out/results.jsonl"
+import json, statistics, sys
+label, path, kb = sys.argv[1], sys.argv[2], int(sys.argv[3])
+r = {"engine": "llama.cpp", "peak_rss_mb": round(kb / 1024), "load_s": None}
+for line in open(path):
+    t = json.loads(line)
+    key = "prefill_tokens_per_s" if t["n_prompt"] else "decode_tokens_per_s"
+    r[key] = statistics.median(t["samples_ts"])
+    r["build"] = t.get("build_commit")
+print(json.dumps({"label": label, "result": r}))
+PY
+}
+
+# PyTorch (transformers) on the same folder.
+pytorch() { # label dir dtype
+  local json
+  json=$(/usr/bin/time -v -o "$out/time.txt" "$python" ../shared/reference/bench/pytorch_decode.py \
+    --model "$2" --dtype "$3" --threads 2 --prompt-tokens 32 --new-tokens 64 --runs "$runs" 2>"$out/stderr.txt")
+  local kb
+  kb=$(awk -F: '/Maximum resident set size/ {gsub(/ /, "", $2); print $2}' "$out/time.txt")
+  json=$(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); d["peak_rss_mb"]=round(int(sys.argv[2])/1024); print(json.dumps(d))' "$json" "$kb")
+  echo "{\"label\": \"$1\", \"result\": $json}" | tee -a "$out/results.jsonl"
+}
+
+if [ "${LLAMA:-0}" = 1 ]; then
+  llama_bin=$(scripts/llamacpp.sh)
+  llama_src=$(dirname "$(dirname "$llama_bin")")
+fi
+
 : >"$out/results.jsonl"
 {
   date -u +"%Y-%m-%d %H:%M UTC"
@@ -64,6 +107,19 @@ for shape in $shapes; do
   if [ "${GGUF:-0}" = 1 ] && [ ! -f "$root/$shape-q4_k.gguf" ]; then
     "$P" quantize --model "$dir" --to q4_k --out "$root/$shape-q4_k.gguf"
   fi
+  if [ "${LLAMA:-0}" = 1 ]; then
+    for to in q8_0 q4_k; do
+      [ -f "$root/$shape-$to.gguf" ] || "$P" quantize --model "$dir" --to "$to" --out "$root/$shape-$to.gguf"
+    done
+    if [ ! -f "$root/$shape-llama-Q4_K_M.gguf" ]; then
+      # f32 (bf16 for 4B) as llama.cpp's converter writes it, then its own quantizer.
+      ftype=f32; [ "$shape" = qwen3-4b ] && ftype=bf16
+      PYTHONPATH=$llama_src/gguf-py "$python" "$llama_src/convert_hf_to_gguf.py" "$dir" \
+        --outtype "$ftype" --outfile "$root/$shape-llama-$ftype.gguf" >&2
+      "$llama_bin/llama-quantize" "$root/$shape-llama-$ftype.gguf" "$root/$shape-llama-Q8_0.gguf" Q8_0 >&2
+      "$llama_bin/llama-quantize" "$root/$shape-llama-$ftype.gguf" "$root/$shape-llama-Q4_K_M.gguf" Q4_K_M >&2
+    fi
+  fi
   for round in $(seq "$rounds"); do
     echo "== $shape round $round" >&2
     # f32 is skipped for the 4B shape (16 GB of weights on a 24 GB machine).
@@ -73,8 +129,19 @@ for shape in $shapes; do
     if [ "${GGUF:-0}" = 1 ]; then
       bench "$shape q4_k gguf" --model "$root/$shape-q4_k.gguf"
     fi
+    if [ "${LLAMA:-0}" = 1 ]; then
+      [ "$shape" = qwen3-4b ] || llama "$shape llama.cpp f32" "$root/$shape-llama-f32.gguf"
+      llama "$shape llama.cpp Q8_0" "$root/$shape-llama-Q8_0.gguf"
+      llama "$shape llama.cpp Q4_K_M" "$root/$shape-llama-Q4_K_M.gguf"
+      llama "$shape llama.cpp on pipehost's q8_0 gguf" "$root/$shape-q8_0.gguf"
+      llama "$shape llama.cpp on pipehost's q4_k gguf" "$root/$shape-q4_k.gguf"
+    fi
+    if [ "${PYTORCH:-0}" = 1 ]; then
+      [ "$shape" = qwen3-4b ] || pytorch "$shape PyTorch f32" "$dir" f32
+      pytorch "$shape PyTorch bf16" "$dir" bf16
+    fi
     if [ "${KERNELS:-0}" = 1 ]; then
-      for k in candle avx2 scalar; do
+      for k in candle vnni-rows avx2 scalar; do
         PIPEHOST_QUANT_KERNEL=$k bench "$shape q8_0 $k" --model "$dir" --quantize q8_0
         PIPEHOST_QUANT_KERNEL=$k bench "$shape q4_k $k" --model "$dir" --quantize q4_k
       done
@@ -91,13 +158,14 @@ for line in open(sys.argv[1]):
     rows.setdefault(r["label"], []).append(r["result"])
 def med(label, key):
     return statistics.median(x[key] for x in rows[label])
-print("| weights | decode tokens/s | vs f32 | prefill tokens/s | vs f32 | peak RSS MB | load s | rounds |")
+print("| engine, weights | decode tokens/s | vs f32 | prefill tokens/s | vs f32 | peak RSS MB | load s | rounds |")
 print("|---|---|---|---|---|---|---|---|")
 for label in rows:
     shape = label.split()[0]
     base = f"{shape} f32"
     d, p = med(label, "decode_tokens_per_s"), med(label, "prefill_tokens_per_s")
     vs = lambda v, k: f"{v / med(base, k):.2f}x" if base in rows else "-"
+    load = "-" if rows[label][0].get("load_s") is None else f"{med(label, 'load_s'):.1f}"
     print(f"| {label} | {d:.2f} | {vs(d, 'decode_tokens_per_s')} | {p:.1f} | {vs(p, 'prefill_tokens_per_s')} "
-          f"| {med(label, 'peak_rss_mb'):.0f} | {med(label, 'load_s'):.1f} | {len(rows[label])} |")
+          f"| {med(label, 'peak_rss_mb'):.0f} | {load} | {len(rows[label])} |")
 EOF

@@ -14,8 +14,9 @@
 //!
 //! Kernels: a plain scalar reference, AVX2+FMA (`maddubs`), and AVX-512 VNNI on 256-bit
 //! vectors (`vpdpbusd`), chosen at run time with `is_x86_feature_detected!`
-//! (`PIPEHOST_QUANT_KERNEL=scalar|avx2|vnni` forces one, and `candle` builds the matrices as
-//! candle's own `QMatMul` instead, for measurements).
+//! (`PIPEHOST_QUANT_KERNEL=scalar|avx2|vnni` forces one, `vnni-rows` runs VNNI on the row
+//! layout instead of 16-row tiles, and `candle` builds the matrices as candle's own `QMatMul`
+//! instead: all for measurements).
 
 use std::sync::OnceLock;
 
@@ -108,8 +109,24 @@ pub(crate) struct Q8Tile {
     qs: [u8; QK8 * TILE],
 }
 
-/// Output rows per [`Q8Tile`].
+/// Output rows per [`Q8Tile`] and [`Q4KTile`].
 const TILE: usize = 16;
+
+/// 16 weight rows by one q4_k super-block (256 values), interleaved for `vpdpbusd` like
+/// [`Q8Tile`]. Sub-blocks come in pairs as in ggml: `qs[512 * p + 64 * g + 4 * r + j]` holds
+/// row `r`'s value `4 * g + j` of sub-block `2 * p` in its low nibble and of sub-block
+/// `2 * p + 1` in its high nibble (the 4-bit values are unsigned, so no offset is needed).
+/// Scales stay 6-bit integers per row and sub-block (`sc[j][r]`, `m[j][r]`), widened in
+/// registers: 4.75 bits per weight, the same as [`Q4KBlock`]. Rows past the matrix are zero.
+#[derive(Debug, Clone, Copy)]
+#[repr(C, align(64))]
+pub(crate) struct Q4KTile {
+    d: [f32; TILE],
+    dmin: [f32; TILE],
+    sc: [[u8; TILE]; 8],
+    m: [[u8; TILE]; 8],
+    qs: [u8; QKK / 2 * TILE],
+}
 
 #[derive(Debug, Clone)]
 enum Blocks {
@@ -117,6 +134,8 @@ enum Blocks {
     /// q8_0 in tiles of 16 rows, `[row group][block]` (chosen when the CPU has VNNI).
     Q8Tiled(Vec<Q8Tile>),
     Q4K(Vec<Q4KBlock>),
+    /// q4_k in tiles of 16 rows, `[row group][super-block]` (chosen when the CPU has VNNI).
+    Q4KTiled(Vec<Q4KTile>),
 }
 
 /// A quantized `(rows, cols)` weight matrix, applied as `x @ W^T`.
@@ -152,7 +171,7 @@ impl QMatrix {
     pub fn kind(&self) -> QuantKind {
         match self.blocks {
             Blocks::Q8(_) | Blocks::Q8Tiled(_) => QuantKind::Q8_0,
-            Blocks::Q4K(_) => QuantKind::Q4K,
+            Blocks::Q4K(_) | Blocks::Q4KTiled(_) => QuantKind::Q4K,
         }
     }
 
@@ -160,8 +179,11 @@ impl QMatrix {
     /// 12 bytes of scales, 128 of quants), rows of `cols` values.
     pub fn from_ggml(kind: QuantKind, rows: usize, cols: usize, bytes: &[u8]) -> Result<Self> {
         #[cfg(target_arch = "x86_64")]
-        if kind == QuantKind::Q8_0 && kernel() == Isa::Vnni {
-            return Self::tiles_from_ggml(rows, cols, bytes);
+        if kernel() == Isa::Vnni && std::env::var("PIPEHOST_QUANT_KERNEL").as_deref() != Ok("vnni-rows") {
+            return match kind {
+                QuantKind::Q8_0 => Self::tiles_from_ggml(rows, cols, bytes),
+                QuantKind::Q4K => Self::q4k_tiles_from_ggml(rows, cols, bytes),
+            };
         }
         Self::from_ggml_rows(kind, rows, cols, bytes)
     }
@@ -195,9 +217,56 @@ impl QMatrix {
         Ok(QMatrix { rows, cols, blocks: Blocks::Q8Tiled(tiles) })
     }
 
+    /// q4_k ggml bytes (`BlockQ4K`, 144 bytes per 256 values) straight into [`Q4KTile`]s.
+    fn q4k_tiles_from_ggml(rows: usize, cols: usize, bytes: &[u8]) -> Result<Self> {
+        let nb = cols / QKK;
+        if !cols.is_multiple_of(QKK) || bytes.len() != rows * nb * 144 {
+            return Err(candle_core::Error::Msg(format!(
+                "{} bytes for {rows} rows of {cols} q4_k values",
+                bytes.len()
+            ))
+            .into());
+        }
+        let groups = rows.div_ceil(TILE);
+        let tiles = (0..groups * nb)
+            .into_par_iter()
+            .map(|i| {
+                let (g, b) = (i / nb, i % nb);
+                let mut tile = Q4KTile::zero();
+                for r in 0..TILE.min(rows - g * TILE) {
+                    let blk = &bytes[((g * TILE + r) * nb + b) * 144..][..144];
+                    tile.set_row(r, f16_at(blk, 0), f16_at(blk, 2), &blk[4..16], &blk[16..144]);
+                }
+                tile
+            })
+            .collect();
+        Ok(QMatrix { rows, cols, blocks: Blocks::Q4KTiled(tiles) })
+    }
+
     /// q8_0 rows regrouped into [`Q8Tile`]s (other kinds unchanged).
     #[cfg(test)]
     pub(crate) fn tiled(self) -> Self {
+        if let Blocks::Q4K(blocks) = &self.blocks {
+            let nb = self.cols / QKK;
+            let groups = self.rows.div_ceil(TILE);
+            let tiles = (0..groups * nb)
+                .map(|i| {
+                    let (g, b) = (i / nb, i % nb);
+                    let mut tile = Q4KTile::zero();
+                    for r in 0..TILE.min(self.rows - g * TILE) {
+                        let blk = &blocks[(g * TILE + r) * nb + b];
+                        tile.d[r] = blk.d;
+                        tile.dmin[r] = blk.dmin;
+                        for j in 0..8 {
+                            (tile.sc[j][r], tile.m[j][r]) = (blk.sc[j], blk.m[j]);
+                        }
+                        tile.set_quants(r, &blk.qs);
+                    }
+                    tile
+                })
+                .collect();
+            return QMatrix { rows: self.rows, cols: self.cols, blocks: Blocks::Q4KTiled(tiles) };
+        }
         let Blocks::Q8(blocks) = &self.blocks else { return self };
         let nb = self.cols / QK8;
         let groups = self.rows.div_ceil(TILE);
@@ -320,6 +389,21 @@ impl QMatrix {
                     }
                 }
             }
+            Blocks::Q4KTiled(t) => {
+                let per = self.cols / QKK;
+                let (g, l) = (r / TILE, r % TILE);
+                for (tile, o) in t[g * per..(g + 1) * per].iter().zip(out.chunks_exact_mut(QKK)) {
+                    for (j, sub) in o.chunks_exact_mut(32).enumerate() {
+                        let d = tile.d[l] * f32::from(tile.sc[j][l]);
+                        let m = tile.dmin[l] * f32::from(tile.m[j][l]);
+                        for (k, v) in sub.iter_mut().enumerate() {
+                            let byte = tile.qs[512 * (j / 2) + 64 * (k / 4) + 4 * l + k % 4];
+                            let q = if j % 2 == 0 { byte & 0xF } else { byte >> 4 };
+                            *v = d * f32::from(q) - m;
+                        }
+                    }
+                }
+            }
             Blocks::Q4K(b) => {
                 let per = self.cols / QKK;
                 for (blk, o) in b[r * per..(r + 1) * per].iter().zip(out.chunks_exact_mut(QKK)) {
@@ -346,8 +430,10 @@ impl QMatrix {
         let act = Act::quantize(x, m, self.cols);
         let n = self.rows;
         #[cfg(target_arch = "x86_64")]
-        if let Blocks::Q8Tiled(tiles) = &self.blocks {
-            return self.matmul_tiled(tiles, &act, m);
+        match &self.blocks {
+            Blocks::Q8Tiled(tiles) => return self.matmul_tiled(tiles, &act, m),
+            Blocks::Q4KTiled(tiles) => return self.matmul_tiled(tiles, &act, m),
+            _ => {}
         }
         // Output columns per task: enough tasks to balance, few enough to keep overhead low.
         let threads = rayon::current_num_threads().max(1);
@@ -376,10 +462,10 @@ impl QMatrix {
         out
     }
 
-    /// [`Self::matmul_with`] over [`Q8Tile`]s: each task owns whole groups of 16 output columns.
+    /// [`Self::matmul_with`] over tiles: each task owns whole groups of 16 output columns.
     #[cfg(target_arch = "x86_64")]
-    fn matmul_tiled(&self, tiles: &[Q8Tile], act: &Act, m: usize) -> Vec<f32> {
-        let (n, nb) = (self.rows, self.cols / QK8);
+    fn matmul_tiled<T: Tile>(&self, tiles: &[T], act: &Act, m: usize) -> Vec<f32> {
+        let (n, nb) = (self.rows, self.cols / T::VALUES);
         let groups = n.div_ceil(TILE);
         let threads = rayon::current_num_threads().max(1);
         let per_task = (groups / (threads * 16)).clamp(1, 64);
@@ -393,8 +479,8 @@ impl QMatrix {
                     let take = if m - r >= 4 { 4 } else { 1 };
                     let o = &mut gbuf[r * TILE..(r + take) * TILE];
                     match take {
-                        4 => tiled_rows::<4>(gt, act, r, o),
-                        _ => tiled_rows::<1>(gt, act, r, o),
+                        4 => T::rows::<4>(gt, act, r, o),
+                        _ => T::rows::<1>(gt, act, r, o),
                     }
                     r += take;
                 }
@@ -437,7 +523,7 @@ impl QMatrix {
                         _ => dispatch_q4k::<1>(isa, wrow, act, rows, o),
                     }
                 }
-                Blocks::Q8Tiled(_) => unreachable!("tiled matrices run matmul_tiled"),
+                Blocks::Q8Tiled(_) | Blocks::Q4KTiled(_) => unreachable!("tiled matrices run matmul_tiled"),
             }
             r += take;
         }
@@ -564,8 +650,9 @@ pub(crate) fn kernel() -> Isa {
     *ISA.get_or_init(|| {
         let available = Isa::available();
         let wanted = std::env::var("PIPEHOST_QUANT_KERNEL").unwrap_or_default();
-        if let Some(isa) =
-            available.iter().find(|i| i.name() == wanted || (wanted == "vnni" && i.name() == "avx512-vnni"))
+        if let Some(isa) = available
+            .iter()
+            .find(|i| i.name() == wanted || (wanted.starts_with("vnni") && i.name() == "avx512-vnni"))
         {
             return *isa;
         }
@@ -593,17 +680,78 @@ fn dispatch_q8<const R: usize>(
     out.copy_from_slice(&res);
 }
 
-/// `R` activation rows from `r0` against one group of 16 weight rows: `out` is `(R, 16)`.
+/// A tile layout: 16 weight rows by `VALUES` columns, run by a 512-bit VNNI kernel.
 #[cfg(target_arch = "x86_64")]
-fn tiled_rows<const R: usize>(tiles: &[Q8Tile], act: &Act, r0: usize, out: &mut [f32]) {
-    let a: [&[i8]; R] = std::array::from_fn(|i| act.row_qs(r0 + i));
-    let d: [&[f32]; R] = std::array::from_fn(|i| act.row_d(r0 + i));
-    let s: [&[i32]; R] = std::array::from_fn(|i| act.row_isum(r0 + i));
-    // SAFETY: tiled matrices are only built when the CPU has AVX-512 VNNI (`kernel()`), or by
-    // tests that check `Isa::available()` first.
-    let res = unsafe { x86::q8_tiles_vnni::<R>(tiles, a, d, s) };
-    for (o, r) in out.chunks_exact_mut(TILE).zip(&res) {
-        o.copy_from_slice(r);
+trait Tile: Sync {
+    /// Weight values per tile along a row.
+    const VALUES: usize;
+    /// `R` activation rows from `r0` against one group of 16 weight rows: `out` is `(R, 16)`.
+    fn rows<const R: usize>(tiles: &[Self], act: &Act, r0: usize, out: &mut [f32])
+    where
+        Self: Sized;
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Tile for Q8Tile {
+    const VALUES: usize = QK8;
+
+    fn rows<const R: usize>(tiles: &[Self], act: &Act, r0: usize, out: &mut [f32]) {
+        let a: [&[i8]; R] = std::array::from_fn(|i| act.row_qs(r0 + i));
+        let d: [&[f32]; R] = std::array::from_fn(|i| act.row_d(r0 + i));
+        let s: [&[i32]; R] = std::array::from_fn(|i| act.row_isum(r0 + i));
+        // SAFETY: tiled matrices are only built when the CPU has AVX-512 VNNI (`kernel()`), or
+        // by tests that check `Isa::available()` first.
+        let res = unsafe { x86::q8_tiles_vnni::<R>(tiles, a, d, s) };
+        for (o, r) in out.chunks_exact_mut(TILE).zip(&res) {
+            o.copy_from_slice(r);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Tile for Q4KTile {
+    const VALUES: usize = QKK;
+
+    fn rows<const R: usize>(tiles: &[Self], act: &Act, r0: usize, out: &mut [f32]) {
+        let a: [&[i8]; R] = std::array::from_fn(|i| act.row_qs(r0 + i));
+        let d: [&[f32]; R] = std::array::from_fn(|i| act.row_d(r0 + i));
+        let s: [&[f32]; R] = std::array::from_fn(|i| act.row_sum(r0 + i));
+        // SAFETY: as for `Q8Tile`.
+        let res = unsafe { x86::q4k_tiles_vnni::<R>(tiles, a, d, s) };
+        for (o, r) in out.chunks_exact_mut(TILE).zip(&res) {
+            o.copy_from_slice(r);
+        }
+    }
+}
+
+impl Q4KTile {
+    fn zero() -> Self {
+        Q4KTile {
+            d: [0.0; TILE],
+            dmin: [0.0; TILE],
+            sc: [[0; TILE]; 8],
+            m: [[0; TILE]; 8],
+            qs: [0; QKK / 2 * TILE],
+        }
+    }
+
+    /// Row `r` from one ggml `BlockQ4K`: its scales, 12 packed scale bytes and 128 quant bytes.
+    fn set_row(&mut self, r: usize, d: f32, dmin: f32, scales: &[u8], qs: &[u8]) {
+        self.d[r] = d;
+        self.dmin[r] = dmin;
+        for j in 0..8 {
+            (self.sc[j][r], self.m[j][r]) = scale_min_k4(j, scales);
+        }
+        self.set_quants(r, qs);
+    }
+
+    /// ggml's byte `32 * p + i` (value `i` of sub-blocks `2p` and `2p + 1`) goes to group
+    /// `i / 4`, lane `4 * r + i % 4` of pair `p`.
+    fn set_quants(&mut self, r: usize, qs: &[u8]) {
+        for (k, &q) in qs.iter().enumerate() {
+            let (p, i) = (k / 32, k % 32);
+            self.qs[512 * p + 64 * (i / 4) + 4 * r + i % 4] = q;
+        }
     }
 }
 
@@ -808,6 +956,78 @@ mod x86 {
         out
     }
 
+    /// q4_k [`super::Q4KTile`]s with 512-bit `vpdpbusd`: per pair of sub-blocks and activation
+    /// row, 16 instructions give 16 output columns' integer dots for both sub-blocks (low and
+    /// high nibbles of the same 8 loads); each sub-block is then scaled by its per-row
+    /// `d * sc` and its minimum `dmin * m * sum(a)` taken off.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F/BW and VNNI.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub(super) unsafe fn q4k_tiles_vnni<const R: usize>(
+        tiles: &[super::Q4KTile],
+        a: [&[i8]; R],
+        d: [&[f32]; R],
+        sum: [&[f32]; R],
+    ) -> [[f32; 16]; R] {
+        let nib = _mm512_set1_epi8(0x0F);
+        let mut facc = [_mm512_setzero_ps(); R];
+        for (b, t) in tiles.iter().enumerate() {
+            // SAFETY: the tile's 16 scales and 16 minimum scales.
+            let (td, tmin) = unsafe { (_mm512_loadu_ps(t.d.as_ptr()), _mm512_loadu_ps(t.dmin.as_ptr())) };
+            for p in 0..4 {
+                let mut lo_acc = [_mm512_setzero_si512(); R];
+                let mut hi_acc = [_mm512_setzero_si512(); R];
+                for g in 0..8 {
+                    // SAFETY: 64 of the tile's 2048 quant bytes.
+                    let w = unsafe { _mm512_loadu_si512(t.qs[512 * p + 64 * g..].as_ptr().cast()) };
+                    let lo = _mm512_and_si512(w, nib);
+                    let hi = _mm512_and_si512(_mm512_srli_epi16(w, 4), nib);
+                    for r in 0..R {
+                        let at = b * super::QKK + 64 * p + 4 * g;
+                        // SAFETY: 4 bytes inside super-block b of activation row r (sub-blocks
+                        // 2p and 2p + 1 start 64 * p and 64 * p + 32 bytes in).
+                        let (x0, x1) = unsafe {
+                            let row = a[r].as_ptr();
+                            (
+                                row.add(at).cast::<i32>().read_unaligned(),
+                                row.add(at + 32).cast::<i32>().read_unaligned(),
+                            )
+                        };
+                        lo_acc[r] = _mm512_dpbusd_epi32(lo_acc[r], lo, _mm512_set1_epi32(x0));
+                        hi_acc[r] = _mm512_dpbusd_epi32(hi_acc[r], hi, _mm512_set1_epi32(x1));
+                    }
+                }
+                let (j0, j1) = (2 * p, 2 * p + 1);
+                let (dsc0, dsc1) = (_mm512_mul_ps(td, widen(&t.sc[j0])), _mm512_mul_ps(td, widen(&t.sc[j1])));
+                let (dm0, dm1) = (_mm512_mul_ps(tmin, widen(&t.m[j0])), _mm512_mul_ps(tmin, widen(&t.m[j1])));
+                let sub = b * 8 + j0;
+                for r in 0..R {
+                    let s0 = _mm512_mul_ps(dsc0, _mm512_set1_ps(d[r][sub]));
+                    let s1 = _mm512_mul_ps(dsc1, _mm512_set1_ps(d[r][sub + 1]));
+                    facc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(lo_acc[r]), s0, facc[r]);
+                    facc[r] = _mm512_fnmadd_ps(dm0, _mm512_set1_ps(sum[r][sub]), facc[r]);
+                    facc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(hi_acc[r]), s1, facc[r]);
+                    facc[r] = _mm512_fnmadd_ps(dm1, _mm512_set1_ps(sum[r][sub + 1]), facc[r]);
+                }
+            }
+        }
+        let mut out = [[0f32; 16]; R];
+        for r in 0..R {
+            // SAFETY: 16 floats.
+            unsafe { _mm512_storeu_ps(out[r].as_mut_ptr(), facc[r]) };
+        }
+        out
+    }
+
+    /// 16 unsigned bytes widened to 16 floats.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    fn widen(v: &[u8; 16]) -> __m512 {
+        // SAFETY: 16 bytes.
+        _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(unsafe { _mm_loadu_si128(v.as_ptr().cast()) }))
+    }
+
     kernels!(q8_avx2, q4k_avx2, dot_avx2, "avx2,fma");
     kernels!(q8_vnni, q4k_vnni, dot_vnni, "avx2,fma,avx512vnni,avx512vl");
 }
@@ -850,7 +1070,7 @@ mod tests {
         #[allow(unused_mut)]
         let mut v: Vec<(Isa, QMatrix)> = Isa::available().into_iter().map(|i| (i, rows.clone())).collect();
         #[cfg(target_arch = "x86_64")]
-        if rows.kind() == QuantKind::Q8_0 && Isa::available().contains(&Isa::Vnni) {
+        if Isa::available().contains(&Isa::Vnni) {
             v.push((Isa::Vnni, rows.clone().tiled()));
         }
         v
