@@ -27,11 +27,17 @@ if ! command -v cmake >/dev/null; then
     echo "llamacpp.sh: cmake is needed (apt-get install cmake)" >&2
     exit 1
 fi
-if [ ! -x "$build/bin/llama-bench" ] || [ ! -x "$build/bin/llama-quantize" ] || [ ! -x "$build/bin/llama-simple" ]; then
-    # GGML_NATIVE: llama.cpp's own default, tuned to this CPU (AVX-512 VNNI where present), as a
-    # user building it here would get.
-    cmake -S "$src" -B "$build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
+if [ ! -f "$build/.pipehost-isa" ] || [ ! -x "$build/bin/llama-bench" ] || [ ! -x "$build/bin/llama-quantize" ] || [ ! -x "$build/bin/llama-simple" ]; then
+    # llama.cpp's default is -march=native, but this kind of VM advertises AMX and faults on its
+    # first AMX instruction (ldtilecfg: SIGSEGV in ggml_backend_amx_mul_mat), so the ISA is
+    # named instead: the AVX-512 set (VNNI, BF16, VBMI) when the CPU has it, else AVX2+FMA.
+    isa=(-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON)
+    if grep -qw avx512_vnni /proc/cpuinfo; then
+        isa+=(-DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AVX512_VBMI=ON)
+    fi
+    cmake -S "$src" -B "$build" -DCMAKE_BUILD_TYPE=Release "${isa[@]}" \
         -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF >&2
     cmake --build "$build" -j "$(nproc)" --target llama-bench llama-quantize llama-simple >&2
+    echo "${isa[*]}" >"$build/.pipehost-isa"
 fi
 echo "$build/bin"
