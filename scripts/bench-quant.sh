@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Quantized weights on the CPU (docs/performance.md, "Quantized weights"): decode and prefill
-# tokens/s and peak RSS of pipehost with f32, q8_0 and q4_k weights on a random
+# tokens/s and peak RSS of pipehost with f32, bf16, q8_0 and q4_k weights on a random
 # Qwen3-0.6B-shape model (and the 4B shape with SHAPES="qwen3-0.6b qwen3-4b"), 32-token prompt,
 # 64 new tokens, 2 threads. The engines run in alternating rounds so drift on a shared machine
 # hits all of them alike; the table gives medians over rounds and ratios against the f32 run of
@@ -124,6 +124,7 @@ for shape in $shapes; do
     echo "== $shape round $round" >&2
     # f32 is skipped for the 4B shape (16 GB of weights on a 24 GB machine).
     [ "$shape" = qwen3-4b ] || bench "$shape f32" --model "$dir" --dtype f32 --quantize none
+    bench "$shape bf16" --model "$dir" --dtype bf16 --quantize none
     bench "$shape q8_0" --model "$dir" --quantize q8_0
     bench "$shape q4_k" --model "$dir" --quantize q4_k
     if [ "${GGUF:-0}" = 1 ]; then

@@ -1,10 +1,11 @@
 //! `y = x · Wᵀ` on the CPU for a few rows of `x` at once (a decode step of a batch): every
 //! weight row is read from memory once and multiplied with all rows of `x` while it is in L1.
 //!
-//! Why our own: decoding is memory-bound, and candle's CPU matmul (the `gemm` crate) takes a
-//! one-row product down a fast matrix-vector path but packs the weights and runs few threads
-//! for 2–16 rows, so a batch of 4 was slower than 4 single steps (measured: docs/performance.md).
-//! Here a batch of `m` rows costs about one weight read. Weights may be f32 or bf16 (widened in
+//! Why our own: decoding is memory-bound, and candle's CPU matmul (the `gemm` crate) packs the
+//! weights and runs few threads for 2–16 rows, so a batch of 4 was slower than 4 single steps,
+//! and its one-row matrix-vector path reached about half the memory bandwidth on an AVX-512
+//! machine (measured: docs/performance.md). Here a batch of `m` rows costs about one weight
+//! read, one row included. Weights may be f32 or bf16 (widened in
 //! registers: half the bytes read per token). The kernel is compiled twice, for AVX2+FMA and
 //! for baseline x86-64, and picked at run time, so one binary is fast on any x86-64 CPU.
 
@@ -107,74 +108,83 @@ fn simd_available() -> bool {
 }
 
 /// AVX2 + FMA with explicit 256-bit vectors (left to itself, LLVM vectorised the portable
-/// kernel 128 bits wide here and ran at a quarter of the speed). Two weight rows at a time, so
-/// that every load of `x` feeds two multiply-adds.
+/// kernel 128 bits wide here and ran at a quarter of the speed). Several weight rows at a time:
+/// every load of `x` feeds that many multiply-adds, and a core keeps that many weight streams
+/// in flight (one or two streams per core left a decode step at about half the memory
+/// bandwidth). Each (weight row, x row) pair has its own accumulator and the same instruction
+/// sequence whatever is grouped with it, so a row's result does not depend on its batch.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn block_avx2<W: Weight>(x: &[f32], m: usize, k: usize, w: &[W], out: &mut [f32]) {
     let rows: Vec<&[f32]> = x.chunks_exact(k).collect();
     let n = out.len() / m;
+    let wrow = |j: usize| &w[j * k..(j + 1) * k];
     let mut j = 0;
     while j < n {
-        let pair = (n - j).min(2);
-        let w0 = &w[j * k..(j + 1) * k];
-        let w1 = if pair == 2 { &w[(j + 1) * k..(j + 2) * k] } else { w0 };
+        // 4 weight rows with up to 2 x rows, 2 with up to 4: at most 8 accumulators.
+        let quad = n - j >= 4 && m <= 2;
+        let take = if quad { 4 } else { (n - j).min(2) };
+        let ws4 = [wrow(j), wrow((j + 1).min(n - 1)), wrow((j + 2).min(n - 1)), wrow((j + 3).min(n - 1))];
         let mut i = 0;
         while i < m {
-            let g = GROUP.min(m - i);
+            let g = if quad { m - i } else { GROUP.min(m - i) };
             // SAFETY: AVX2/FMA are present (the caller checked); rows and weights are k long.
-            let (a, b) = unsafe {
-                match g {
-                    1 => widen_pair(dots_avx2::<W, 1>(w0, w1, [rows[i]])),
-                    2 => widen_pair(dots_avx2::<W, 2>(w0, w1, [rows[i], rows[i + 1]])),
-                    3 => widen_pair(dots_avx2::<W, 3>(w0, w1, [rows[i], rows[i + 1], rows[i + 2]])),
-                    _ => widen_pair(dots_avx2::<W, GROUP>(
-                        w0,
-                        w1,
+            let res: [[f32; GROUP]; 4] = unsafe {
+                match (quad, g) {
+                    (true, 1) => widen4(dots_avx2::<W, 4, 1>(ws4, [rows[i]])),
+                    (true, _) => widen4(dots_avx2::<W, 4, 2>(ws4, [rows[i], rows[i + 1]])),
+                    (false, 1) => widen4(dots_avx2::<W, 2, 1>([ws4[0], ws4[1]], [rows[i]])),
+                    (false, 2) => widen4(dots_avx2::<W, 2, 2>([ws4[0], ws4[1]], [rows[i], rows[i + 1]])),
+                    (false, 3) => {
+                        widen4(dots_avx2::<W, 2, 3>([ws4[0], ws4[1]], [rows[i], rows[i + 1], rows[i + 2]]))
+                    }
+                    (false, _) => widen4(dots_avx2::<W, 2, GROUP>(
+                        [ws4[0], ws4[1]],
                         [rows[i], rows[i + 1], rows[i + 2], rows[i + 3]],
                     )),
                 }
             };
-            out[j * m + i..j * m + i + g].copy_from_slice(&a[..g]);
-            if pair == 2 {
-                out[(j + 1) * m + i..(j + 1) * m + i + g].copy_from_slice(&b[..g]);
+            for (r, res) in res.iter().enumerate().take(take) {
+                out[(j + r) * m + i..(j + r) * m + i + g].copy_from_slice(&res[..g]);
             }
             i += g;
         }
-        j += pair;
+        j += take;
     }
 }
 
-/// Pads a pair of `G`-arrays to `GROUP` so the caller's match arms have one type.
+/// Pads `R` rows of `G` results to 4 × `GROUP` so the caller's match arms have one type.
 #[inline(always)]
-fn widen_pair<const G: usize>((a, b): ([f32; G], [f32; G])) -> ([f32; GROUP], [f32; GROUP]) {
-    let mut wa = [0f32; GROUP];
-    let mut wb = [0f32; GROUP];
-    wa[..G].copy_from_slice(&a);
-    wb[..G].copy_from_slice(&b);
-    (wa, wb)
+fn widen4<const R: usize, const G: usize>(v: [[f32; G]; R]) -> [[f32; GROUP]; 4] {
+    let mut out = [[0f32; GROUP]; 4];
+    for (o, r) in out.iter_mut().zip(&v) {
+        o[..G].copy_from_slice(r);
+    }
+    out
 }
 
-/// The dot products of weight rows `w0` and `w1` with `G` rows of `x`.
+/// The dot products of `R` weight rows with `G` rows of `x`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[inline]
-unsafe fn dots_avx2<W: Weight, const G: usize>(w0: &[W], w1: &[W], xs: [&[f32]; G]) -> ([f32; G], [f32; G]) {
+unsafe fn dots_avx2<W: Weight, const R: usize, const G: usize>(
+    ws: [&[W]; R],
+    xs: [&[f32]; G],
+) -> [[f32; G]; R] {
     use std::arch::x86_64::*;
-    let k = w0.len();
+    let k = ws[0].len();
     let full = k / 8 * 8;
-    let mut acc0 = [_mm256_setzero_ps(); G];
-    let mut acc1 = [_mm256_setzero_ps(); G];
+    let mut acc = [[_mm256_setzero_ps(); G]; R];
     let mut c = 0;
     while c < full {
-        // SAFETY: c + 8 <= k, and both weight rows and every x row are k long.
+        // SAFETY: c + 8 <= k, and every weight row and every x row is k long.
         unsafe {
-            let a = W::load8(w0.as_ptr().add(c));
-            let b = W::load8(w1.as_ptr().add(c));
+            let wv: [__m256; R] = std::array::from_fn(|r| W::load8(ws[r].as_ptr().add(c)));
             for g in 0..G {
                 let xv = _mm256_loadu_ps(xs[g].as_ptr().add(c));
-                acc0[g] = _mm256_fmadd_ps(a, xv, acc0[g]);
-                acc1[g] = _mm256_fmadd_ps(b, xv, acc1[g]);
+                for r in 0..R {
+                    acc[r][g] = _mm256_fmadd_ps(wv[r], xv, acc[r][g]);
+                }
             }
         }
         c += 8;
@@ -185,18 +195,17 @@ unsafe fn dots_avx2<W: Weight, const G: usize>(w0: &[W], w1: &[W], xs: [&[f32]; 
         unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), v) };
         lanes.iter().sum::<f32>()
     };
-    let mut out0 = [0f32; G];
-    let mut out1 = [0f32; G];
-    for g in 0..G {
-        let (mut s0, mut s1) = (sum(acc0[g]), sum(acc1[g]));
-        for t in full..k {
-            s0 = w0[t].widen().mul_add(xs[g][t], s0);
-            s1 = w1[t].widen().mul_add(xs[g][t], s1);
+    let mut out = [[0f32; G]; R];
+    for r in 0..R {
+        for g in 0..G {
+            let mut s = sum(acc[r][g]);
+            for t in full..k {
+                s = ws[r][t].widen().mul_add(xs[g][t], s);
+            }
+            out[r][g] = s;
         }
-        out0[g] = s0;
-        out1[g] = s1;
     }
-    (out0, out1)
+    out
 }
 
 /// Baseline x86-64 (and other CPUs): portable code, separate multiply and add (a fused one would

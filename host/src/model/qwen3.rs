@@ -75,10 +75,11 @@ impl Matrix {
             Matrix::Dense(linear) => {
                 let w = linear.weight();
                 let rows = x.dim(0)?;
-                // One row: candle's matrix-vector path is as fast (both are memory-bound), and
-                // it is what single-stream speed was measured with.
+                // One row too: with four weight streams per core our kernel decodes f32 at
+                // twice the speed of candle's matrix-vector path on an AVX-512 machine (and
+                // bf16 at 7x: candle has no bf16 CPU matmul), docs/performance.md.
                 let fits = x.device().is_cpu()
-                    && (2..=super::dense::MAX_ROWS).contains(&rows)
+                    && (1..=super::dense::MAX_ROWS).contains(&rows)
                     && matches!(w.dtype(), DType::F32 | DType::BF16)
                     && w.is_contiguous();
                 if fits && own_kernel() {
