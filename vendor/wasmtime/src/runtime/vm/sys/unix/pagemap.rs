@@ -365,9 +365,10 @@ pub unsafe fn reset_with_pagemap(
         }
         // The scan stopped early. With the buffer full and budget left, go on
         // from where it stopped; otherwise the page budget is spent (note a
-        // `max_pages` of 0 would mean "no limit"): decommit everything after
-        // `walk_end`, which the scan did not reach.
-        if !buffer_full || pages_left == 0 {
+        // `max_pages` of 0 would mean "no limit"; a scan that made no progress
+        // is not repeated): decommit everything after `walk_end`, which the
+        // scan did not reach.
+        if !buffer_full || pages_left == 0 || walk_end.addr() <= start.addr() {
             decommit(walk_end.cast_mut(), end.addr() - walk_end.addr());
             return bytes_resident;
         }
