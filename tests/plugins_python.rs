@@ -1,7 +1,8 @@
 //! Python plugins through the real host: the shipped `cliche` component (examples, stream ==
 //! whole, config errors) and `tests/guests/evil-py`, the Python counterpart of the evil guest,
 //! against the same sandbox (deadline, memory cap, output cap, no files / env / network).
-//! Both are built by scripts/build-plugins.sh with componentize-py.
+//! Both are built by scripts/build-plugins.sh with componentize-py, as is `tests/guests/prompt-py`,
+//! a prompt builder on the SDK's `PromptBuilder`.
 
 mod support;
 
@@ -9,7 +10,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use pipehost::plugin::{
-    CallContext, Cause, Language, Limits, PluginError, PluginRuntime, PostProcessor, RuntimeConfig,
+    CallContext, Cause, Language, Limits, Message, PluginError, PluginRuntime, PostProcessor, PromptBuilder,
+    RuntimeConfig,
 };
 use support::{capture_logs, component, test_cache_dir};
 
@@ -269,6 +271,69 @@ fn python_stream_stop_comes_through() {
     let out = stream.push("abc").unwrap();
     assert_eq!((out.emit.as_str(), out.stop), ("abc", true));
     assert_eq!(stream.finish().unwrap(), "");
+}
+
+fn prompt() -> &'static PromptBuilder {
+    static P: OnceLock<PromptBuilder> = OnceLock::new();
+    P.get_or_init(|| runtime().load_prompt_builder("prompt-py", &component("prompt-py")).unwrap())
+}
+
+fn msg(role: &str, content: &str) -> Message {
+    Message { role: role.into(), content: content.into() }
+}
+
+/// `tests/guests/prompt-py`: the SDK's `PromptBuilder` through the host (vars, history, context
+/// and config in; messages out), calls with different configs in a row (nothing survives a call).
+#[test]
+fn python_prompt_builder_builds_messages_and_keeps_variables_literal() {
+    let p = prompt();
+    assert_eq!(p.meta().language, Language::Python);
+    let config = r#"{"system": "你是一位诗人。", "prefix": "Q: ", "max_history": 1}"#;
+    p.validate_config(config, &ctx(), &limits()).unwrap();
+    let vars =
+        vec![("other".to_owned(), "x".to_owned()), ("question".to_owned(), "秋夜{{ 7*7 }}".to_owned())];
+    let history = vec![msg("user", "早"), msg("assistant", "早安")];
+    let messages = p.build(&vars, &history, &ctx(), config, &limits()).unwrap();
+    assert_eq!(
+        messages,
+        [
+            msg("system", "你是一位诗人。 [py-stage]"),
+            msg("assistant", "早安"),
+            msg("user", "Q: 秋夜{{ 7*7 }}")
+        ]
+    );
+    // The defaults (no prefix, up to 10 history messages), then the first config again.
+    let messages = p.build(&vars, &history, &ctx(), r#"{"system": "S"}"#, &limits()).unwrap();
+    assert_eq!(
+        messages,
+        [
+            msg("system", "S [py-stage]"),
+            msg("user", "早"),
+            msg("assistant", "早安"),
+            msg("user", "秋夜{{ 7*7 }}")
+        ]
+    );
+    let messages = p.build(&vars, &[], &ctx(), r#"{"system": "S", "max_history": 0}"#, &limits()).unwrap();
+    assert_eq!(messages, [msg("system", "S [py-stage]"), msg("user", "秋夜{{ 7*7 }}")]);
+    assert_eq!(p.build(&vars, &history, &ctx(), config, &limits()).unwrap().len(), 3);
+}
+
+#[test]
+fn python_prompt_builder_errors_keep_their_kind() {
+    let p = prompt();
+    let vars = vec![("question".to_owned(), "hi".to_owned())];
+    let err = p.build(&[], &[], &ctx(), r#"{"system": "S"}"#, &limits()).unwrap_err();
+    assert!(matches!(err.cause, Cause::InvalidInput(ref m) if m.contains("question")), "{err}");
+    for (config, field) in [
+        ("{}", "system"),
+        (r#"{"system": "S", "max_history": -1}"#, "max_history"),
+        (r#"{"system": "S", "sytem": ""}"#, "sytem"),
+    ] {
+        let err = p.validate_config(config, &ctx(), &limits()).unwrap_err();
+        assert!(matches!(err.cause, Cause::InvalidConfig(ref m) if m.contains(field)), "{config}: {err}");
+        let err = p.build(&vars, &[], &ctx(), config, &limits()).unwrap_err();
+        assert!(matches!(err.cause, Cause::InvalidConfig(ref m) if m.contains(field)), "{config}: {err}");
+    }
 }
 
 fn pipehost(args: &[&str]) -> std::process::Output {

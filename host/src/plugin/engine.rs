@@ -21,8 +21,10 @@ use super::limits::{Language, MAX_MEMORY_BYTES};
 pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(5);
 
 /// Most dirty bytes of a freed linear memory reset with memset (kept mapped) rather than
-/// madvise; see `pooling_config`.
-const KEEP_RESIDENT_BYTES: usize = 1 << 20;
+/// madvise; see `pooling_config`. 2 MiB: a call of a CPython (componentize-py) plugin dirties
+/// ~1.1 MiB of its 16 MiB image (Rust and QuickJS plugins far less); at 1 MiB the pages past
+/// the budget were decommitted and re-faulted on every call.
+const KEEP_RESIDENT_BYTES: usize = 2 << 20;
 
 /// How the runtime is set up.
 #[derive(Debug, Clone)]
@@ -215,8 +217,11 @@ fn pooling_config() -> PoolingAllocationConfig {
     // (memset of mostly clean pages). With it (Linux 6.7+; `Auto` falls back to that when the
     // ioctl is missing) only the pages the call dirtied are reset, up to `keep_resident`
     // bytes, wherever they are in the memory, so a larger budget costs nothing for a plugin
-    // that dirties little and spares one with a bigger heap its refaults. See
-    // docs/performance.md.
+    // that dirties little and spares one with a bigger heap its refaults. (wasmtime 48 stopped
+    // that scan after 32 dirty regions and decommitted the rest: an interpreter's heap has
+    // ~180, so a CPython call re-faulted ~300 pages, ~0.5 ms; vendor/wasmtime resumes the scan,
+    // see vendor/README.md.) The budget is also what an idle slot keeps resident: at most
+    // `max_unused_warm_slots` (100) slots × 2 MiB. See docs/performance.md.
     pool.pagemap_scan(Enabled::Auto);
     pool.linear_memory_keep_resident(KEEP_RESIDENT_BYTES);
     pool.table_keep_resident(16 << 10);

@@ -85,3 +85,12 @@ def test_stream_equals_whole_for_random_chunkings():
 
 def test_run_stream_never_stops():
     assert run_stream(P, "Great question! ok", "{}", (3,)) == ("ok", False)
+
+
+def test_case_folding_is_ascii_only_and_keeps_positions():
+    # Only ASCII letters (and the curly apostrophe) fold: "É" does not match "é", and the
+    # text around a match keeps its non-ASCII characters and their places.
+    config = '{"presets": [], "rules": {"Été": "summer", "ok": "OK"}}'
+    assert run("été, Été, ÉTÉ", config) == "été, Summer, ÉTÉ"
+    assert run("Ünïcödé OK ok Ok 👍 oK", config) == "Ünïcödé OK OK OK 👍 OK"
+    assert run("I’M SORRY, BUT 好", '{"presets": ["en"]}') == "Still, 好"

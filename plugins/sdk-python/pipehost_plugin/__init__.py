@@ -30,7 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
 
-from ._config import parse_config
+from ._config import parse_config, prepare
 from ._errors import Internal, InvalidConfig, InvalidInput, PluginError
 from . import log
 
@@ -157,6 +157,9 @@ def export_post_processor(cls: type) -> type:
     if not (isinstance(cls, type) and issubclass(cls, PostProcessor)):
         raise TypeError("export_post_processor takes a PostProcessor subclass")
     _exported["post-processor"] = cls()
+    # Registration runs at build time in a component: resolve the config's types into the
+    # snapshot rather than on every call.
+    prepare(cls.Config)
     return cls
 
 
@@ -165,6 +168,7 @@ def export_prompt_builder(cls: type) -> type:
     if not (isinstance(cls, type) and issubclass(cls, PromptBuilder)):
         raise TypeError("export_prompt_builder takes a PromptBuilder subclass")
     _exported["prompt-builder"] = cls()
+    prepare(cls.Config)
     return cls
 
 
