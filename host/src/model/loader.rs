@@ -91,7 +91,7 @@ impl DTypeChoice {
     }
 }
 
-/// Quantized weights (CPU only; activations stay f32).
+/// Quantized weights (activations stay f32): our kernels on the CPU, candle's `QMatMul` on a GPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum QuantChoice {
     /// On the CPU with `--dtype auto`: [`CPU_DEFAULT_QUANT`]; otherwise none. An explicit
@@ -137,12 +137,7 @@ impl QuantChoice {
             }
             QuantChoice::Auto => Ok(None),
             explicit => {
-                if !device.is_cpu() {
-                    return Err(ModelError::Device(
-                        "quantized weights (--quantize) run on the CPU only; use --device cpu or --quantize none"
-                            .into(),
-                    ));
-                }
+                // On a GPU, candle's CUDA q8_0 / q4_k matmuls run them (f32 activations too).
                 if matches!(dtype, DTypeChoice::Bf16 | DTypeChoice::F16) {
                     return Err(ModelError::Device(
                         "quantized weights run with f32 activations: use --dtype auto or f32 with --quantize"

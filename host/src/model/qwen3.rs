@@ -29,8 +29,9 @@ pub(crate) enum Matrix {
     Dense(Linear),
     /// q8_0 / q4_k weights, our own CPU kernels (f32 activations in and out).
     Quant(Arc<QMatrix>),
-    /// The same weights through candle's `QMatMul`, for measurements only
-    /// (`PIPEHOST_QUANT_KERNEL=candle`; see docs/performance.md).
+    /// The same weights through candle's `QMatMul`: on a GPU (candle's CUDA q8_0 / q4_k
+    /// kernels), and on the CPU for measurements only (`PIPEHOST_QUANT_KERNEL=candle`; see
+    /// docs/performance.md).
     Candle(Arc<candle_core::quantized::QMatMul>),
 }
 
@@ -159,6 +160,21 @@ pub(crate) struct HfWeights<'a> {
 }
 
 impl HfWeights<'_> {
+    /// Off the CPU, a matrix that is to be quantized becomes candle's `QMatMul` on the device
+    /// (quantized on the host by candle's ggml-reference quantizer, the bytes our CPU path
+    /// holds too); our kernels are CPU code. `None`: not quantized (or on the CPU).
+    fn device_quantized(&self, name: &str, w: &Tensor, tied: bool) -> Result<Option<Matrix>> {
+        let device = self.vb.device();
+        if device.is_cpu() {
+            return Ok(None);
+        }
+        let Some(kind) = self.quant else { return Ok(None) };
+        let Some(kind) = quant_plan(name, w.dim(1)?, kind, tied) else { return Ok(None) };
+        let host = w.to_device(&Device::Cpu)?.to_dtype(DType::F32)?;
+        let qt = candle_core::quantized::QTensor::quantize_onto(&host, kind.ggml(), device)?;
+        Ok(Some(Matrix::Candle(Arc::new(candle_core::quantized::QMatMul::from_qtensor(qt)?))))
+    }
+
     fn quantized(&self, name: &str, w: Tensor, tied: bool) -> Result<Option<Arc<QMatrix>>> {
         let Some(kind) = self.quant else { return Ok(None) };
         let Some(kind) = quant_plan(name, w.dim(1)?, kind, tied) else { return Ok(None) };
@@ -191,6 +207,9 @@ impl WeightSource for HfWeights<'_> {
             return Ok(Matrix::Dense(candle_nn::linear_b(cols, rows, true, vb)?));
         }
         let w = vb.get((rows, cols), "weight")?;
+        if let Some(m) = self.device_quantized(name, &w, false)? {
+            return Ok(m);
+        }
         Ok(match self.quantized(name, w.clone(), false)? {
             Some(q) => match Self::candle_matrix(&q, &w)? {
                 Some(m) => m,
@@ -207,6 +226,18 @@ impl WeightSource for HfWeights<'_> {
     fn embedding(&self, vocab: usize, hidden: usize, tied: bool) -> Result<(Embed, Option<Matrix>)> {
         let name = "model.embed_tokens";
         let w = self.vb.pp(name).get((vocab, hidden), "weight")?;
+        if !self.vb.device().is_cpu() {
+            // On a GPU the lookup table stays dense (on the device); only a tied head, the
+            // large matmul, is quantized.
+            let head = match tied {
+                true => Some(match self.device_quantized(name, &w, true)? {
+                    Some(m) => m,
+                    None => Matrix::Dense(Linear::new(w.clone(), None)),
+                }),
+                false => None,
+            };
+            return Ok((Embed::Dense(Embedding::new(w, hidden)), head));
+        }
         Ok(match self.quantized(name, w.clone(), tied)? {
             Some(q) => {
                 let head = match (tied, Self::candle_matrix(&q, &w)?) {
