@@ -159,6 +159,45 @@ fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     }
 }
 
+/// ggml blocks (rows of `cols` values) regrouped into tiles of 16 rows, `[row group][block]`:
+/// `fill(tile, r, block)` writes row `r`'s block (its ggml bytes) into a tile that starts as
+/// `empty()`; rows past the matrix keep `empty()`'s values.
+fn tiles_from_blocks<T: Send>(
+    kind: QuantKind,
+    rows: usize,
+    cols: usize,
+    bytes: &[u8],
+    empty: impl Fn() -> T + Sync,
+    fill: impl Fn(&mut T, usize, &[u8]) + Sync,
+) -> Result<Vec<T>> {
+    let block_bytes = match kind {
+        QuantKind::Q8_0 => 34,
+        QuantKind::Q4K => 144,
+    };
+    let nb = cols / kind.block();
+    if !cols.is_multiple_of(kind.block()) || bytes.len() != rows * nb * block_bytes {
+        return Err(candle_core::Error::Msg(format!(
+            "{} bytes for {rows} rows of {cols} {} values",
+            bytes.len(),
+            kind.name()
+        ))
+        .into());
+    }
+    let groups = rows.div_ceil(TILE);
+    Ok((0..groups * nb)
+        .into_par_iter()
+        .map(|i| {
+            let (g, b) = (i / nb, i % nb);
+            let mut tile = empty();
+            for r in 0..TILE.min(rows - g * TILE) {
+                let at = ((g * TILE + r) * nb + b) * block_bytes;
+                fill(&mut tile, r, &bytes[at..at + block_bytes]);
+            }
+            tile
+        })
+        .collect())
+}
+
 impl QMatrix {
     pub fn rows(&self) -> usize {
         self.rows
@@ -190,56 +229,21 @@ impl QMatrix {
 
     /// q8_0 ggml bytes straight into [`Q8Tile`]s (no row-layout copy in between).
     fn tiles_from_ggml(rows: usize, cols: usize, bytes: &[u8]) -> Result<Self> {
-        let nb = cols / QK8;
-        if !cols.is_multiple_of(QK8) || bytes.len() != rows * nb * 34 {
-            return Err(candle_core::Error::Msg(format!(
-                "{} bytes for {rows} rows of {cols} q8_0 values",
-                bytes.len()
-            ))
-            .into());
-        }
-        let groups = rows.div_ceil(TILE);
-        let tiles = (0..groups * nb)
-            .into_par_iter()
-            .map(|i| {
-                let (g, b) = (i / nb, i % nb);
-                let mut tile = Q8Tile { d: [0.0; TILE], qs: [128; QK8 * TILE] };
-                for r in 0..TILE.min(rows - g * TILE) {
-                    let at = ((g * TILE + r) * nb + b) * 34;
-                    tile.d[r] = f16_at(bytes, at);
-                    for (k, &q) in bytes[at + 2..at + 34].iter().enumerate() {
-                        tile.qs[64 * (k / 4) + 4 * r + k % 4] = (i16::from(q as i8) + 128) as u8;
-                    }
-                }
-                tile
-            })
-            .collect();
+        let empty = || Q8Tile { d: [0.0; TILE], qs: [128; QK8 * TILE] };
+        let tiles = tiles_from_blocks(QuantKind::Q8_0, rows, cols, bytes, empty, |tile, r, blk| {
+            tile.d[r] = f16_at(blk, 0);
+            for (k, &q) in blk[2..34].iter().enumerate() {
+                tile.qs[64 * (k / 4) + 4 * r + k % 4] = (i16::from(q as i8) + 128) as u8;
+            }
+        })?;
         Ok(QMatrix { rows, cols, blocks: Blocks::Q8Tiled(tiles) })
     }
 
     /// q4_k ggml bytes (`BlockQ4K`, 144 bytes per 256 values) straight into [`Q4KTile`]s.
     fn q4k_tiles_from_ggml(rows: usize, cols: usize, bytes: &[u8]) -> Result<Self> {
-        let nb = cols / QKK;
-        if !cols.is_multiple_of(QKK) || bytes.len() != rows * nb * 144 {
-            return Err(candle_core::Error::Msg(format!(
-                "{} bytes for {rows} rows of {cols} q4_k values",
-                bytes.len()
-            ))
-            .into());
-        }
-        let groups = rows.div_ceil(TILE);
-        let tiles = (0..groups * nb)
-            .into_par_iter()
-            .map(|i| {
-                let (g, b) = (i / nb, i % nb);
-                let mut tile = Q4KTile::zero();
-                for r in 0..TILE.min(rows - g * TILE) {
-                    let blk = &bytes[((g * TILE + r) * nb + b) * 144..][..144];
-                    tile.set_row(r, f16_at(blk, 0), f16_at(blk, 2), &blk[4..16], &blk[16..144]);
-                }
-                tile
-            })
-            .collect();
+        let tiles = tiles_from_blocks(QuantKind::Q4K, rows, cols, bytes, Q4KTile::zero, |tile, r, blk| {
+            tile.set_row(r, f16_at(blk, 0), f16_at(blk, 2), &blk[4..16], &blk[16..144])
+        })?;
         Ok(QMatrix { rows, cols, blocks: Blocks::Q4KTiled(tiles) })
     }
 
@@ -1092,6 +1096,34 @@ mod tests {
                         assert!(((g as f64) - e).abs() <= tol, "{kind:?} {} [{i}]: {g} vs {e}", isa.name());
                     }
                 }
+            }
+        }
+    }
+
+    /// The tiles built at load straight from ggml bytes (`from_ggml`) equal the test's
+    /// regrouping of the row layout (`tiled`), which the kernel tests check.
+    #[test]
+    fn tiles_from_ggml_bytes_equal_the_regrouped_rows() {
+        #[cfg(target_arch = "x86_64")]
+        if Isa::available().contains(&Isa::Vnni) {
+            for kind in [QuantKind::Q8_0, QuantKind::Q4K] {
+                let (rows, cols) = (37, 512);
+                let w = Tensor::from_vec(random(rows * cols, 9), (rows, cols), &Device::Cpu).unwrap();
+                let bytes = QMatrix::quantize_ggml(&w, kind).unwrap();
+                let loaded = match kind {
+                    QuantKind::Q8_0 => QMatrix::tiles_from_ggml(rows, cols, &bytes),
+                    QuantKind::Q4K => QMatrix::q4k_tiles_from_ggml(rows, cols, &bytes),
+                }
+                .unwrap();
+                let regrouped = rows_of(&w, kind).tiled();
+                let x = random(5 * cols, 10);
+                assert_eq!(
+                    loaded.matmul_with(Isa::Vnni, &x, 5),
+                    regrouped.matmul_with(Isa::Vnni, &x, 5),
+                    "{kind:?}"
+                );
+                let err = QMatrix::q4k_tiles_from_ggml(rows, cols, &bytes[1..]).unwrap_err();
+                assert!(err.to_string().contains("rows of 512"), "{err}");
             }
         }
     }
