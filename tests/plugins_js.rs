@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use pipehost::plugin::{
-    CallContext, Cause, Language, Limits, Message, PluginError, PluginRuntime, PostProcessor, PromptBuilder,
+    CallContext, Cause, Language, Limits, PluginError, PluginRuntime, PostProcessor, PromptBuilder,
     RuntimeConfig,
 };
 use support::{capture_logs, component, test_cache_dir};
@@ -212,62 +212,19 @@ fn prompt() -> &'static PromptBuilder {
     P.get_or_init(|| runtime().load_prompt_builder("prompt-js", &component("prompt-js")).unwrap())
 }
 
-fn msg(role: &str, content: &str) -> Message {
-    Message { role: role.into(), content: content.into() }
-}
-
-/// `tests/guests/prompt-js`: the SDK's `PromptBuilder` through the host (vars, history, context
-/// and config in; messages out), calls with different configs in a row (nothing survives a call).
 #[test]
 fn js_prompt_builder_builds_messages_and_keeps_variables_literal() {
-    let p = prompt();
-    assert_eq!(p.meta().language, Language::JavaScript);
-    let config = r#"{"system": "你是一位诗人。", "prefix": "Q: ", "max_history": 1}"#;
-    p.validate_config(config, &ctx(), &limits()).unwrap();
-    let vars =
-        vec![("other".to_owned(), "x".to_owned()), ("question".to_owned(), "秋夜{{ 7*7 }}".to_owned())];
-    let history = vec![msg("user", "早"), msg("assistant", "早安")];
-    let messages = p.build(&vars, &history, &ctx(), config, &limits()).unwrap();
-    assert_eq!(
-        messages,
-        [
-            msg("system", "你是一位诗人。 [js-stage]"),
-            msg("assistant", "早安"),
-            msg("user", "Q: 秋夜{{ 7*7 }}")
-        ]
+    support::prompt_builder::prompt_builder_builds_messages(
+        prompt(),
+        Language::JavaScript,
+        &ctx(),
+        &limits(),
     );
-    // The defaults (no prefix, up to 10 history messages), then the first config again.
-    let messages = p.build(&vars, &history, &ctx(), r#"{"system": "S"}"#, &limits()).unwrap();
-    assert_eq!(
-        messages,
-        [
-            msg("system", "S [js-stage]"),
-            msg("user", "早"),
-            msg("assistant", "早安"),
-            msg("user", "秋夜{{ 7*7 }}")
-        ]
-    );
-    let messages = p.build(&vars, &[], &ctx(), r#"{"system": "S", "max_history": 0}"#, &limits()).unwrap();
-    assert_eq!(messages, [msg("system", "S [js-stage]"), msg("user", "秋夜{{ 7*7 }}")]);
-    assert_eq!(p.build(&vars, &history, &ctx(), config, &limits()).unwrap().len(), 3);
 }
 
 #[test]
 fn js_prompt_builder_errors_keep_their_kind() {
-    let p = prompt();
-    let vars = vec![("question".to_owned(), "hi".to_owned())];
-    let err = p.build(&[], &[], &ctx(), r#"{"system": "S"}"#, &limits()).unwrap_err();
-    assert!(matches!(err.cause, Cause::InvalidInput(ref m) if m.contains("question")), "{err}");
-    for (config, field) in [
-        ("{}", "system"),
-        (r#"{"system": "S", "max_history": -1}"#, "max_history"),
-        (r#"{"system": "S", "sytem": ""}"#, "sytem"),
-    ] {
-        let err = p.validate_config(config, &ctx(), &limits()).unwrap_err();
-        assert!(matches!(err.cause, Cause::InvalidConfig(ref m) if m.contains(field)), "{config}: {err}");
-        let err = p.build(&vars, &[], &ctx(), config, &limits()).unwrap_err();
-        assert!(matches!(err.cause, Cause::InvalidConfig(ref m) if m.contains(field)), "{config}: {err}");
-    }
+    support::prompt_builder::prompt_builder_errors_keep_their_kind(prompt(), &ctx(), &limits());
 }
 
 fn pipehost(args: &[&str]) -> std::process::Output {

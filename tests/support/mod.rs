@@ -102,4 +102,5 @@ pub fn capture_logs<T>(f: impl FnOnce() -> T) -> (T, String) {
     (result, logs)
 }
 
+pub mod prompt_builder;
 pub mod server;
