@@ -73,8 +73,10 @@ pub(crate) fn matmul<W: Weight>(x: &[f32], m: usize, k: usize, w: &[W], n: usize
     assert_eq!(x.len(), m * k);
     assert_eq!(w.len(), n * k);
     assert_eq!(y.len(), m * n);
-    // Computed transposed (one weight row's m results together), then scattered into y.
-    let mut yt = vec![0f32; n * m];
+    // Computed transposed (one weight row's m results together), then scattered into y; one
+    // row (a single stream's decode step) is its own transpose and goes straight into y.
+    let mut transposed = if m == 1 { Vec::new() } else { vec![0f32; n * m] };
+    let yt: &mut [f32] = if m == 1 { y } else { &mut transposed };
     let simd = simd_available();
     yt.par_chunks_mut(ROWS_PER_TASK * m).enumerate().for_each(|(task, out)| {
         let first = task * ROWS_PER_TASK;
@@ -90,9 +92,11 @@ pub(crate) fn matmul<W: Weight>(x: &[f32], m: usize, k: usize, w: &[W], n: usize
             block(x, m, k, w, out);
         }
     });
-    for j in 0..n {
-        for i in 0..m {
-            y[i * n + j] = yt[j * m + i];
+    if m > 1 {
+        for j in 0..n {
+            for i in 0..m {
+                y[i * n + j] = transposed[j * m + i];
+            }
         }
     }
 }
