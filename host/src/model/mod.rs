@@ -10,6 +10,7 @@
 //!
 //! See docs/model.md for semantics (sampling, stop strings, streaming) and benchmarks.
 
+mod attention;
 mod chat_template;
 mod dense;
 mod detokenize;

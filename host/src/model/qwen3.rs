@@ -19,6 +19,7 @@ use candle_nn::attention::{AttnMask, flash_attn};
 use candle_nn::{Embedding, Linear, RmsNorm, VarBuilder};
 use candle_transformers::models::qwen3::Config;
 
+use super::attention::{self, AttnShape};
 use super::error::Result;
 use super::quant::{QMatrix, QuantKind};
 
@@ -40,6 +41,14 @@ pub(crate) enum Matrix {
 fn own_kernel() -> bool {
     static OWN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *OWN.get_or_init(|| std::env::var("PIPEHOST_CPU_MATMUL").map_or(true, |v| v != "candle"))
+}
+
+/// Whether CPU attention uses our kernel ([`super::attention`], on the rayon pool) rather than
+/// candle's fused one (its own thread pool); `PIPEHOST_CPU_ATTENTION=candle` picks candle's, to
+/// compare the two side by side.
+fn own_attention() -> bool {
+    static OWN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OWN.get_or_init(|| std::env::var("PIPEHOST_CPU_ATTENTION").map_or(true, |v| v != "candle"))
 }
 
 /// `x · wᵀ` with [`super::dense::matmul`], for a CPU tensor `x: (m, k)` and `w: (n, k)`.
@@ -481,6 +490,11 @@ impl Qwen3 {
         let Dims { heads, kv_heads, head_dim, .. } = self.dims;
         let n = q.dim(0)?;
         let scale = 1.0 / (head_dim as f32).sqrt();
+        if self.device.is_cpu() && own_attention() {
+            if let Some(ctx) = self.attend_own(q, k, v, offset, scale)? {
+                return Ok(ctx);
+            }
+        }
         if self.device.is_cpu() {
             // candle's fused CPU kernel (the one candle-transformers uses): (1, S, H, D) in,
             // (1, H, S, D) out, GQA and the causal offset handled inside. It runs in f32.
@@ -517,6 +531,49 @@ impl Qwen3 {
         }
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
         Ok(probs.matmul(&v)?.transpose(0, 1)?.reshape((n, heads * head_dim))?)
+    }
+
+    /// [`super::attention::causal`] on the CPU: `None` for a cache dtype it does not read
+    /// (f16), which then goes to candle's kernel.
+    fn attend_own(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        offset: usize,
+        scale: f32,
+    ) -> Result<Option<Tensor>> {
+        use candle_core::Storage;
+        let Dims { heads, kv_heads, head_dim, .. } = self.dims;
+        let n = q.dim(0)?;
+        let shape = AttnShape { n, heads, kv_heads, head_dim, offset };
+        let q = q.to_dtype(DType::F32)?.contiguous()?;
+        let (k, v) = (k.contiguous()?, v.contiguous()?);
+        let mut out = vec![0f32; q.elem_count()];
+        {
+            let (qs, ql) = q.storage_and_layout();
+            let (ks, kl) = k.storage_and_layout();
+            let (vs, vl) = v.storage_and_layout();
+            let (Storage::Cpu(qs), Storage::Cpu(ks), Storage::Cpu(vs)) = (&*qs, &*ks, &*vs) else {
+                return Ok(None);
+            };
+            let qv = &qs.as_slice::<f32>()?[ql.start_offset()..][..q.elem_count()];
+            let kv_len = k.elem_count();
+            match k.dtype() {
+                DType::F32 => {
+                    let kv = &ks.as_slice::<f32>()?[kl.start_offset()..][..kv_len];
+                    let vv = &vs.as_slice::<f32>()?[vl.start_offset()..][..kv_len];
+                    attention::causal(qv, kv, vv, shape, scale, &mut out);
+                }
+                DType::BF16 => {
+                    let kv = &ks.as_slice::<half::bf16>()?[kl.start_offset()..][..kv_len];
+                    let vv = &vs.as_slice::<half::bf16>()?[vl.start_offset()..][..kv_len];
+                    attention::causal(qv, kv, vv, shape, scale, &mut out);
+                }
+                _ => return Ok(None),
+            }
+        }
+        Ok(Some(Tensor::from_vec(out, (n, heads * head_dim), &self.device)?.to_dtype(self.dtype)?))
     }
 }
 
