@@ -490,10 +490,11 @@ impl Qwen3 {
         let Dims { heads, kv_heads, head_dim, .. } = self.dims;
         let n = q.dim(0)?;
         let scale = 1.0 / (head_dim as f32).sqrt();
-        if self.device.is_cpu() && own_attention() {
-            if let Some(ctx) = self.attend_own(q, k, v, offset, scale)? {
-                return Ok(ctx);
-            }
+        if self.device.is_cpu()
+            && own_attention()
+            && let Some(ctx) = self.attend_own(q, k, v, offset, scale)?
+        {
+            return Ok(ctx);
         }
         if self.device.is_cpu() {
             // candle's fused CPU kernel (the one candle-transformers uses): (1, S, H, D) in,
