@@ -17,6 +17,9 @@
 # LLAMA=1 also runs llama.cpp (built from source by scripts/llamacpp.sh) in the same rounds: on
 # its own f32 / Q8_0 / Q4_K_M files made from the same weights with its convert_hf_to_gguf.py
 # and llama-quantize, and on the q8_0 / q4_k files `pipehost quantize` writes (interoperability).
+# AB=1 also runs the q4_k GGUF with candle's CPU attention (PIPEHOST_CPU_ATTENTION=candle) and
+# bf16 with the AVX2 dense kernel (PIPEHOST_DENSE_KERNEL=avx2). Every round starts with
+# `pipehost bench memory` (the memory read bandwidth, decode's ceiling).
 # PYTORCH=1 also runs ../shared/reference/bench/pytorch_decode.py in f32 and bf16. Both need a
 # Python with torch, transformers, safetensors, numpy and sentencepiece: PYTHON (default python3).
 set -euo pipefail
@@ -122,6 +125,9 @@ for shape in $shapes; do
   fi
   for round in $(seq "$rounds"); do
     echo "== $shape round $round" >&2
+    # Decode's ceiling, in the same rounds: a streaming read of a 2 GiB buffer on 2 threads.
+    echo "{\"label\": \"memory read\", \"result\": $("$P" bench memory --json --runs 3 2>/dev/null)}" \
+      | tee -a "$out/results.jsonl"
     # f32 is skipped for the 4B shape (16 GB of weights on a 24 GB machine).
     [ "$shape" = qwen3-4b ] || bench "$shape f32" --model "$dir" --dtype f32 --quantize none
     bench "$shape bf16" --model "$dir" --dtype bf16 --quantize none
@@ -141,6 +147,11 @@ for shape in $shapes; do
       [ "$shape" = qwen3-4b ] || pytorch "$shape PyTorch f32" "$dir" f32
       pytorch "$shape PyTorch bf16" "$dir" bf16
     fi
+    if [ "${AB:-0}" = 1 ]; then
+      # What this stop's kernels changed, switched back in the same rounds.
+      PIPEHOST_CPU_ATTENTION=candle bench "$shape q4_k gguf, candle attention" --model "$root/$shape-q4_k.gguf"
+      PIPEHOST_DENSE_KERNEL=avx2 bench "$shape bf16, AVX2 dense kernel" --model "$dir" --dtype bf16 --quantize none
+    fi
     if [ "${KERNELS:-0}" = 1 ]; then
       for k in candle vnni-rows avx2 scalar; do
         PIPEHOST_QUANT_KERNEL=$k bench "$shape q8_0 $k" --model "$dir" --quantize q8_0
@@ -159,6 +170,10 @@ for line in open(sys.argv[1]):
     rows.setdefault(r["label"], []).append(r["result"])
 def med(label, key):
     return statistics.median(x[key] for x in rows[label])
+memory = [x["read_gb_per_s"] for x in rows.pop("memory read", [])]
+if memory:
+    print(f"memory read bandwidth, 2 threads: {statistics.median(memory):.1f} GB/s "
+          f"(median over {len(memory)} rounds: {', '.join(f'{m:.1f}' for m in memory)})\n")
 print("| engine, weights | decode tokens/s | vs f32 | prefill tokens/s | vs f32 | peak RSS MB | load s | rounds |")
 print("|---|---|---|---|---|---|---|---|")
 for label in rows:

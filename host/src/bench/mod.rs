@@ -5,7 +5,9 @@
 //! - [`http`]: a served host's overhead, from outside: a `pipehost serve` child under 1..N
 //!   keep-alive clients; also reload under load.
 //! - [`reload`]: hot reload latency, and the reload-under-load check.
+//! - [`memory`]: the memory read bandwidth, decode's ceiling.
 
 pub mod http;
+pub mod memory;
 pub mod model;
 pub mod reload;

@@ -8,6 +8,7 @@ use clap::{Args, Subcommand};
 
 use super::generate::ModelArgs;
 use crate::bench::http::HttpOptions;
+use crate::bench::memory::MemoryOptions;
 use crate::bench::model::ModelOptions;
 use crate::bench::reload::ReloadOptions;
 
@@ -21,6 +22,22 @@ pub enum BenchCommand {
     /// Hot reload: time from a replaced .wasm (compile-cache miss, hit) or an edited pipeline
     /// file to the first answer of the new version.
     Reload(BenchReloadArgs),
+    /// Memory read bandwidth: a large buffer read end to end on the model's threads
+    /// (RAYON_NUM_THREADS) and on one, median GB/s; decode's ceiling.
+    Memory(BenchMemoryArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchMemoryArgs {
+    /// Buffer size in MiB (far larger than the caches).
+    #[arg(long, default_value_t = 2048)]
+    pub size_mib: usize,
+    /// Measured runs after one warm-up.
+    #[arg(long, default_value_t = 10)]
+    pub runs: usize,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -148,5 +165,8 @@ pub fn run(cmd: BenchCommand) -> Result<ExitCode> {
         }
         BenchCommand::Http(args) => crate::bench::http::run(args.into()),
         BenchCommand::Reload(args) => crate::bench::reload::run(args.into()),
+        BenchCommand::Memory(a) => {
+            crate::bench::memory::run(&MemoryOptions { size_mib: a.size_mib, runs: a.runs, json: a.json })
+        }
     }
 }

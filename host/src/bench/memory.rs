@@ -1,0 +1,91 @@
+//! `pipehost bench memory`: the machine's memory read bandwidth, the ceiling for decode speed
+//! (a decode step reads every weight once). A buffer much larger than the caches is read end
+//! to end by the same number of threads the model uses, each summing its own contiguous part;
+//! the median over runs is the figure docs/performance.md divides decode bytes/s by.
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Result, bail};
+use rayon::prelude::*;
+
+use super::model::median;
+
+/// What `pipehost bench memory` runs (its flags, parsed in `cli/bench.rs`).
+#[derive(Debug, Clone)]
+pub struct MemoryOptions {
+    /// Buffer size in MiB.
+    pub size_mib: usize,
+    /// Measured runs after one warm-up.
+    pub runs: usize,
+    /// Print one JSON object.
+    pub json: bool,
+}
+
+/// Sums one part with eight independent integer lanes, so the loop is vectorised without
+/// reordering anything and the CPU is never the limit.
+fn sum_part(part: &[u64]) -> u64 {
+    let (chunks, tail) = part.as_chunks::<8>();
+    let mut acc = [0u64; 8];
+    for c in chunks {
+        for l in 0..8 {
+            acc[l] = acc[l].wrapping_add(c[l]);
+        }
+    }
+    acc.iter().chain(tail).fold(0u64, |a, &b| a.wrapping_add(b))
+}
+
+/// One read of the whole buffer by `threads` threads; returns (GB/s, checksum).
+fn read_once(buffer: &[u64], threads: usize) -> (f64, u64) {
+    let part = buffer.len().div_ceil(threads);
+    let started = Instant::now();
+    let sum = buffer.par_chunks(part).map(sum_part).reduce(|| 0, u64::wrapping_add);
+    let seconds = started.elapsed().as_secs_f64();
+    (std::mem::size_of_val(buffer) as f64 / seconds / 1e9, sum)
+}
+
+pub fn run(args: &MemoryOptions) -> Result<ExitCode> {
+    if args.runs == 0 || args.size_mib < 64 {
+        bail!("need --runs >= 1 and --size-mib >= 64 (the buffer must be far larger than the caches)");
+    }
+    let words = args.size_mib * 1024 * 1024 / 8;
+    // Written with distinct values, so every page is really backed (not the shared zero page).
+    let buffer: Vec<u64> = (0..words as u64).collect();
+    let want = sum_part(&buffer);
+    let threads = rayon::current_num_threads();
+    let mut all = Vec::new();
+    let mut one = Vec::new();
+    for run in 0..=args.runs {
+        let (gbps, sum) = read_once(&buffer, threads);
+        let (gbps1, sum1) = read_once(&buffer, 1);
+        if sum != want || sum1 != want {
+            bail!("the buffer read back a wrong sum");
+        }
+        if run == 0 {
+            continue; // warm-up
+        }
+        eprintln!("run {run}: {gbps:.1} GB/s on {threads} threads, {gbps1:.1} GB/s on one");
+        all.push(gbps);
+        one.push(gbps1);
+    }
+    let (all, one) = (median(all), median(one));
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "size_mib": args.size_mib,
+                "threads": threads,
+                "runs": args.runs,
+                "read_gb_per_s": (all * 100.0).round() / 100.0,
+                "read_gb_per_s_one_thread": (one * 100.0).round() / 100.0,
+            })
+        );
+    } else {
+        println!(
+            "memory read bandwidth ({} MiB, median of {} runs): {all:.1} GB/s on {threads} threads, \
+             {one:.1} GB/s on one",
+            args.size_mib, args.runs
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
