@@ -51,6 +51,13 @@ fn own_attention() -> bool {
     *OWN.get_or_init(|| std::env::var("PIPEHOST_CPU_ATTENTION").map_or(true, |v| v != "candle"))
 }
 
+/// Whether a CPU step runs on a rayon worker ([`Qwen3::step`]); `PIPEHOST_CPU_STEP=caller`
+/// keeps it on the calling thread, to compare the two side by side.
+fn step_on_pool() -> bool {
+    static POOL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *POOL.get_or_init(|| std::env::var("PIPEHOST_CPU_STEP").map_or(true, |v| v != "caller"))
+}
+
 /// `x · wᵀ` with [`super::dense::matmul`], for a CPU tensor `x: (m, k)` and `w: (n, k)`.
 fn dense_rows(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let (m, k) = x.dims2()?;
@@ -109,6 +116,35 @@ impl Matrix {
             }
             Matrix::Candle(q) => q.forward(&x.to_dtype(DType::F32)?)?,
         })
+    }
+
+    /// [`Self::forward`] of several matrices on the same input (q, k, v; gate, up). When all
+    /// are ours and quantized they run as one group: the input is quantized once and the pool
+    /// woken once ([`QMatrix::matmul_group`]), with the same results as one by one.
+    fn forward_all<const N: usize>(mats: [&Matrix; N], x: &Tensor) -> Result<[Tensor; N]> {
+        let quant: Vec<&QMatrix> = mats
+            .iter()
+            .filter_map(|mat| match mat {
+                Matrix::Quant(q) => Some(&**q),
+                _ => None,
+            })
+            .collect();
+        if quant.len() == N && N > 1 {
+            let (m, _) = x.dims2()?;
+            let data = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+            let mut outs = QMatrix::matmul_group(&quant, &data, m).into_iter();
+            let mut out = Vec::with_capacity(N);
+            for q in &quant {
+                let y = outs.next().expect("one output per matrix");
+                out.push(Tensor::from_vec(y, (m, q.rows()), x.device())?);
+            }
+            return Ok(out.try_into().expect("N outputs"));
+        }
+        let mut out = Vec::with_capacity(N);
+        for mat in mats {
+            out.push(mat.forward(x)?);
+        }
+        Ok(out.try_into().expect("N outputs"))
     }
 }
 
@@ -402,6 +438,18 @@ impl Qwen3 {
     /// cache. Returns, per input, the logits after its last token (f32, `(vocab,)`) when it
     /// asked for them.
     pub fn step(&self, inputs: &mut [StepInput<'_>]) -> Result<Vec<Option<Tensor>>> {
+        // On the CPU the whole step runs on a worker of the rayon pool that every kernel uses:
+        // each parallel matmul and attention call then starts on the calling worker and only
+        // wakes the others, instead of handing its job from the model thread to the pool and
+        // sleeping until it is done (two wake-ups per call, ~200 calls per decode step).
+        if self.device.is_cpu() && step_on_pool() {
+            rayon::scope(|_| self.step_here(inputs))
+        } else {
+            self.step_here(inputs)
+        }
+    }
+
+    fn step_here(&self, inputs: &mut [StepInput<'_>]) -> Result<Vec<Option<Tensor>>> {
         let Dims { heads, kv_heads, head_dim, .. } = self.dims;
         let mut ids = Vec::new();
         let mut positions = Vec::new();
@@ -431,9 +479,10 @@ impl Qwen3 {
 
         for (l, layer) in self.layers.iter().enumerate() {
             let h = layer.attn_norm.forward(&x)?;
-            let q = layer.q.forward(&h)?.reshape((total * heads, head_dim))?;
-            let k = layer.k.forward(&h)?.reshape((total * kv_heads, head_dim))?;
-            let v = layer.v.forward(&h)?.reshape((total, kv_heads, head_dim))?;
+            let [q, k, v] = Matrix::forward_all([&layer.q, &layer.k, &layer.v], &h)?;
+            let q = q.reshape((total * heads, head_dim))?;
+            let k = k.reshape((total * kv_heads, head_dim))?;
+            let v = v.reshape((total, kv_heads, head_dim))?;
             // Per-head RMSNorm, then RoPE at each token's own position ("thd": tokens, heads, dim).
             let q = layer.q_norm.forward(&q)?.reshape((1, total, heads, head_dim))?;
             let k = layer.k_norm.forward(&k)?.reshape((1, total, kv_heads, head_dim))?;
@@ -453,7 +502,8 @@ impl Qwen3 {
             };
             x = (x + layer.o.forward(&attn)?)?;
             let h = layer.mlp_norm.forward(&x)?;
-            let mlp = (layer.gate.forward(&h)?.silu()? * layer.up.forward(&h)?)?;
+            let [gate, up] = Matrix::forward_all([&layer.gate, &layer.up], &h)?;
+            let mlp = (gate.silu()? * up)?;
             x = (x + layer.down.forward(&mlp)?)?;
         }
         for (input, &(_, n, start)) in inputs.iter_mut().zip(&spans) {
