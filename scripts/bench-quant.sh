@@ -16,9 +16,11 @@
 # q4_k model from a GGUF file written by `pipehost quantize`, NO_BUILD=1 skips cargo build.
 # LLAMA=1 also runs llama.cpp (built from source by scripts/llamacpp.sh) in the same rounds: on
 # its own f32 / Q8_0 / Q4_K_M files made from the same weights with its convert_hf_to_gguf.py
-# and llama-quantize, and on the q8_0 / q4_k files `pipehost quantize` writes (interoperability).
-# AB=1 also runs the q4_k GGUF with candle's CPU attention (PIPEHOST_CPU_ATTENTION=candle) and
-# bf16 with the AVX2 dense kernel (PIPEHOST_DENSE_KERNEL=avx2). Every round starts with
+# and llama-quantize, and on the q8_0 / q4_k files `pipehost quantize` writes (interoperability);
+# LLAMA=ours runs it on pipehost's files only (no converter, so no Python with torch needed).
+# AB=1 also runs the q4_k GGUF and bf16 with each step on the calling thread instead of a rayon
+# worker (PIPEHOST_CPU_STEP=caller). BASE=path/to/pipehost also runs another build (an earlier
+# commit's) on the q4_k GGUF and bf16 in the same rounds. Every round starts with
 # `pipehost bench memory` (the memory read bandwidth, decode's ceiling).
 # PYTORCH=1 also runs ../shared/reference/bench/pytorch_decode.py in f32 and bf16. Both need a
 # Python with torch, transformers, safetensors, numpy and sentencepiece: PYTHON (default python3).
@@ -44,13 +46,13 @@ bench() { # label model-args...
   local label=$1; shift
   local json
   if [ -x /usr/bin/time ]; then
-    json=$(/usr/bin/time -v -o "$out/time.txt" "$P" bench model --device cpu --json \
+    json=$(/usr/bin/time -v -o "$out/time.txt" "${BIN:-$P}" bench model --device cpu --json \
       --prompt-tokens 32 --new-tokens 64 --runs "$runs" "$@" 2>"$out/stderr.txt")
     local kb
     kb=$(awk -F: '/Maximum resident set size/ {gsub(/ /, "", $2); print $2}' "$out/time.txt")
     json=$(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); d["peak_rss_mb"]=round(int(sys.argv[2])/1024); print(json.dumps(d))' "$json" "$kb")
   else
-    json=$("$P" bench model --device cpu --json --prompt-tokens 32 --new-tokens 64 --runs "$runs" "$@" 2>"$out/stderr.txt")
+    json=$("${BIN:-$P}" bench model --device cpu --json --prompt-tokens 32 --new-tokens 64 --runs "$runs" "$@" 2>"$out/stderr.txt")
   fi
   echo "{\"label\": \"$label\", \"result\": $json}" | tee -a "$out/results.jsonl"
 }
@@ -87,7 +89,7 @@ pytorch() { # label dir dtype
   echo "{\"label\": \"$1\", \"result\": $json}" | tee -a "$out/results.jsonl"
 }
 
-if [ "${LLAMA:-0}" = 1 ]; then
+if [ "${LLAMA:-0}" != 0 ]; then
   llama_bin=$(scripts/llamacpp.sh)
   llama_src=$(dirname "$(dirname "$llama_bin")")
 fi
@@ -96,6 +98,7 @@ fi
 {
   date -u +"%Y-%m-%d %H:%M UTC"
   echo "commit $(git rev-parse --short HEAD)$(git diff --quiet || echo ' (with local changes)')"
+  [ -z "${BASE:-}" ] || echo "base build: $BASE"
   grep -m1 "model name" /proc/cpuinfo || true
   uptime
 } >"$out/machine.txt"
@@ -107,14 +110,14 @@ for shape in $shapes; do
     dtype=f32; [ "$shape" = qwen3-4b ] && dtype=bf16
     "$P" dev random-model --shape "$shape" --dtype "$dtype" --tokenizer "$reference" --out "$dir"
   fi
-  if [ "${GGUF:-0}" = 1 ] && [ ! -f "$root/$shape-q4_k.gguf" ]; then
+  if { [ "${GGUF:-0}" = 1 ] || [ -n "${BASE:-}" ]; } && [ ! -f "$root/$shape-q4_k.gguf" ]; then
     "$P" quantize --model "$dir" --to q4_k --out "$root/$shape-q4_k.gguf"
   fi
-  if [ "${LLAMA:-0}" = 1 ]; then
+  if [ "${LLAMA:-0}" != 0 ]; then
     for to in q8_0 q4_k; do
       [ -f "$root/$shape-$to.gguf" ] || "$P" quantize --model "$dir" --to "$to" --out "$root/$shape-$to.gguf"
     done
-    if [ ! -f "$root/$shape-llama-Q4_K_M.gguf" ]; then
+    if [ "$LLAMA" = 1 ] && [ ! -f "$root/$shape-llama-Q4_K_M.gguf" ]; then
       # f32 (bf16 for 4B) as llama.cpp's converter writes it, then its own quantizer.
       ftype=f32; [ "$shape" = qwen3-4b ] && ftype=bf16
       PYTHONPATH=$llama_src/gguf-py "$python" "$llama_src/convert_hf_to_gguf.py" "$dir" \
@@ -136,10 +139,12 @@ for shape in $shapes; do
     if [ "${GGUF:-0}" = 1 ]; then
       bench "$shape q4_k gguf" --model "$root/$shape-q4_k.gguf"
     fi
-    if [ "${LLAMA:-0}" = 1 ]; then
-      [ "$shape" = qwen3-4b ] || llama "$shape llama.cpp f32" "$root/$shape-llama-f32.gguf"
-      llama "$shape llama.cpp Q8_0" "$root/$shape-llama-Q8_0.gguf"
-      llama "$shape llama.cpp Q4_K_M" "$root/$shape-llama-Q4_K_M.gguf"
+    if [ "${LLAMA:-0}" != 0 ]; then
+      if [ "$LLAMA" = 1 ]; then
+        [ "$shape" = qwen3-4b ] || llama "$shape llama.cpp f32" "$root/$shape-llama-f32.gguf"
+        llama "$shape llama.cpp Q8_0" "$root/$shape-llama-Q8_0.gguf"
+        llama "$shape llama.cpp Q4_K_M" "$root/$shape-llama-Q4_K_M.gguf"
+      fi
       llama "$shape llama.cpp on pipehost's q8_0 gguf" "$root/$shape-q8_0.gguf"
       llama "$shape llama.cpp on pipehost's q4_k gguf" "$root/$shape-q4_k.gguf"
     fi
@@ -148,9 +153,13 @@ for shape in $shapes; do
       pytorch "$shape PyTorch bf16" "$dir" bf16
     fi
     if [ "${AB:-0}" = 1 ]; then
-      # What this stop's kernels changed, switched back in the same rounds.
-      PIPEHOST_CPU_ATTENTION=candle bench "$shape q4_k gguf, candle attention" --model "$root/$shape-q4_k.gguf"
-      PIPEHOST_DENSE_KERNEL=avx2 bench "$shape bf16, AVX2 dense kernel" --model "$dir" --dtype bf16 --quantize none
+      # What this stop changed that has a switch, switched back in the same rounds.
+      PIPEHOST_CPU_STEP=caller bench "$shape q4_k gguf, step on the caller" --model "$root/$shape-q4_k.gguf"
+      PIPEHOST_CPU_STEP=caller bench "$shape bf16, step on the caller" --model "$dir" --dtype bf16 --quantize none
+    fi
+    if [ -n "${BASE:-}" ]; then
+      BIN=$BASE bench "$shape q4_k gguf, base build" --model "$root/$shape-q4_k.gguf"
+      BIN=$BASE bench "$shape bf16, base build" --model "$dir" --dtype bf16 --quantize none
     fi
     if [ "${KERNELS:-0}" = 1 ]; then
       for k in candle vnni-rows avx2 scalar; do
