@@ -345,6 +345,20 @@ pub(crate) struct Qwen3 {
     dims: Dims,
     device: Device,
     dtype: DType,
+    /// The KV cache's dtype: the model's, except for quantized weights on the CPU (below).
+    cache_dtype: DType,
+}
+
+/// The KV cache's dtype for a model running in `dtype` on `device`. Quantized weights on the
+/// CPU compute in f32, but their cache is bf16 (`PIPEHOST_KV_CACHE=f32` keeps f32): the
+/// attention kernel widens it in registers, so a decode step reads half the bytes of K and V
+/// (at a 2,000-token context an f32 cache of the 0.6B shape is as big as its q4_k weights) and twice
+/// as many tokens fit the engine's KV budget. llama.cpp caches in f16 by default for the same
+/// reason; the error it adds is within the quantized formats' bounds (docs/model.md).
+fn cache_dtype(dtype: DType, device: &Device, quantized: bool) -> DType {
+    static F32: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let keep = *F32.get_or_init(|| std::env::var("PIPEHOST_KV_CACHE").is_ok_and(|v| v == "f32"));
+    if device.is_cpu() && quantized && dtype == DType::F32 && !keep { DType::BF16 } else { dtype }
 }
 
 /// One sequence's part of a step: the tokens to feed at the end of its cache, and whether the
@@ -389,6 +403,7 @@ impl Qwen3 {
             });
         }
         let norm = src.norm("model.norm", h, eps)?;
+        let quantized = layers.iter().any(|l| matches!(l.q, Matrix::Quant(_)));
         let lm_head = match tied_head {
             Some(head) => head,
             None => src.matrix("lm_head", cfg.vocab_size, h, false)?,
@@ -416,6 +431,7 @@ impl Qwen3 {
                 head_dim: d,
                 vocab: cfg.vocab_size,
             },
+            cache_dtype: cache_dtype(dtype, &device, quantized),
             device,
             dtype,
         })
@@ -425,13 +441,14 @@ impl Qwen3 {
         self.dims
     }
 
-    pub fn dtype(&self) -> DType {
-        self.dtype
-    }
-
     /// An empty cache with room for `capacity` tokens.
     pub fn new_cache(&self, capacity: usize) -> Result<SeqCache> {
-        SeqCache::new(self.dims, capacity, self.dtype, &self.device)
+        SeqCache::new(self.dims, capacity, self.cache_dtype, &self.device)
+    }
+
+    /// The dtype of the KV cache (`kv_bytes_per_token` takes it).
+    pub fn cache_dtype(&self) -> DType {
+        self.cache_dtype
     }
 
     /// One forward step over every input at once. Each input's tokens are appended to its
@@ -551,7 +568,8 @@ impl Qwen3 {
             // (1, H, S, D) out, GQA and the causal offset handled inside. It runs in f32.
             let (q, k, v) = (q.unsqueeze(0)?, k.unsqueeze(0)?, v.unsqueeze(0)?);
             let mask = AttnMask::causal_with_offset(offset);
-            let ctx = if self.dtype == DType::F32 {
+            let f32s = [&q, &k, &v].iter().all(|t| t.dtype() == DType::F32);
+            let ctx = if f32s {
                 flash_attn::<f32>(&q, &k, &v, scale, mask, None, None)?
             } else {
                 let f = |t: &Tensor| t.to_dtype(DType::F32);
@@ -670,8 +688,8 @@ impl SeqCache {
     /// layer's keys and values up to and including them.
     fn write(&mut self, layer: usize, start: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
         let (keys, values) = &self.layers[layer];
-        keys.slice_set(&k.contiguous()?, 0, start)?;
-        values.slice_set(&v.contiguous()?, 0, start)?;
+        keys.slice_set(&k.to_dtype(keys.dtype())?.contiguous()?, 0, start)?;
+        values.slice_set(&v.to_dtype(values.dtype())?.contiguous()?, 0, start)?;
         let end = start + k.dim(0)?;
         Ok((keys.narrow(0, 0, end)?, values.narrow(0, 0, end)?))
     }

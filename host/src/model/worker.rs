@@ -262,7 +262,7 @@ const PAUSED_POLL: Duration = Duration::from_millis(1);
 
 impl Scheduler {
     fn new(model: Model, config: EngineConfig, budget: usize, stats: Arc<Mutex<EngineStats>>) -> Self {
-        let kv_per_token = model.lm.dims().kv_bytes_per_token(model.lm.dtype());
+        let kv_per_token = model.lm.dims().kv_bytes_per_token(model.lm.cache_dtype());
         Scheduler {
             prefix: PrefixCache::new(kv_per_token * BLOCK),
             model,
