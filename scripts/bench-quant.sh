@@ -19,7 +19,8 @@
 # and llama-quantize, and on the q8_0 / q4_k files `pipehost quantize` writes (interoperability);
 # LLAMA=ours runs it on pipehost's files only (no converter, so no Python with torch needed).
 # AB=1 also runs the q4_k GGUF and bf16 with each step on the calling thread instead of a rayon
-# worker (PIPEHOST_CPU_STEP=caller). BASE=path/to/pipehost also runs another build (an earlier
+# worker (PIPEHOST_CPU_STEP=caller), and the q4_k GGUF on 4 KB pages (PIPEHOST_HUGE_PAGES=0)
+# and with an f32 KV cache (PIPEHOST_KV_CACHE=f32). BASE=path/to/pipehost also runs another build (an earlier
 # commit's) on the q4_k GGUF and bf16 in the same rounds. Every round starts with
 # `pipehost bench memory` (the memory read bandwidth, decode's ceiling).
 # PYTORCH=1 also runs ../shared/reference/bench/pytorch_decode.py in f32 and bf16. Both need a
@@ -155,6 +156,8 @@ for shape in $shapes; do
     if [ "${AB:-0}" = 1 ]; then
       # What this stop changed that has a switch, switched back in the same rounds.
       PIPEHOST_CPU_STEP=caller bench "$shape q4_k gguf, step on the caller" --model "$root/$shape-q4_k.gguf"
+      PIPEHOST_HUGE_PAGES=0 bench "$shape q4_k gguf, 4 KB pages" --model "$root/$shape-q4_k.gguf"
+      PIPEHOST_KV_CACHE=f32 bench "$shape q4_k gguf, f32 KV cache" --model "$root/$shape-q4_k.gguf"
       PIPEHOST_CPU_STEP=caller bench "$shape bf16, step on the caller" --model "$dir" --dtype bf16 --quantize none
     fi
     if [ -n "${BASE:-}" ]; then
