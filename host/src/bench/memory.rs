@@ -1,7 +1,8 @@
 //! `pipehost bench memory`: the machine's memory read bandwidth, the ceiling for decode speed
 //! (a decode step reads every weight once). A buffer much larger than the caches is read end
-//! to end by the same number of threads the model uses, each summing its own contiguous part;
-//! the median over runs is the figure docs/performance.md divides decode bytes/s by.
+//! to end by the same number of threads the model uses, each summing its own part as four
+//! streams, on huge pages like the weights; the median over runs is the figure
+//! docs/performance.md divides decode bytes/s by.
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -68,8 +69,10 @@ pub fn run(args: &MemoryOptions) -> Result<ExitCode> {
         bail!("need --runs >= 1 and --size-mib >= 64 (the buffer must be far larger than the caches)");
     }
     let words = args.size_mib * 1024 * 1024 / 8;
-    // Written with distinct values, so every page is really backed (not the shared zero page).
-    let buffer: Vec<u64> = (0..words as u64).collect();
+    // Written with distinct values, so every page is really backed (not the shared zero page),
+    // on huge pages like the model's weights (`PIPEHOST_HUGE_PAGES=0`: 4 KB pages, for both).
+    let mut buffer: Vec<u64> = crate::model::huge_page_vec(words);
+    buffer.extend(0..words as u64);
     let want = sum_lanes(&buffer);
     let threads = rayon::current_num_threads();
     let mut all = Vec::new();
@@ -107,4 +110,20 @@ pub fn run(args: &MemoryOptions) -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The four-stream read adds every word exactly once, whatever is left over at the end.
+    #[test]
+    fn four_streams_sum_every_word_once() {
+        for len in [0u64, 1, 31, 32, 33, 4096, 10_007] {
+            let words: Vec<u64> = (0..len).map(|i| i * i + 7).collect();
+            let want = words.iter().fold(0u64, |a, &b| a.wrapping_add(b));
+            assert_eq!(sum_part(&words), want, "{len} words");
+            assert_eq!(sum_lanes(&words), want, "{len} words");
+        }
+    }
 }

@@ -36,6 +36,9 @@ pub use loader::{
     CPU_DEFAULT_QUANT, DEFAULT_MODEL, DTypeChoice, DeviceChoice, Model, ModelInfo, ModelSpec, QuantChoice,
     load,
 };
+/// Weight memory on transparent huge pages; `pipehost bench memory` reads a buffer made the same
+/// way, so its ceiling is the one the weights can reach.
+pub use quant::huge_page_vec;
 pub use random_model::{Qwen3Shape, RandomWeights, qwen3_instruct_generation_config, write_random_model};
 pub use sampling::{DEFAULT_MAX_NEW_TOKENS, GenerationDefaults, SamplingParams};
 pub use worker::{Engine, EngineConfig, EngineStats, Event, EventStream, StopFlag};

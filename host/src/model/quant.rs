@@ -206,7 +206,7 @@ fn tiles_from_blocks<T: Send>(
 /// ~1,300. Linux's default THP mode is `madvise`, so without the advice the weights get 4 KB
 /// pages. `PIPEHOST_HUGE_PAGES=0` leaves them so (for side-by-side figures). Small buffers and
 /// other systems are left alone.
-pub(crate) fn huge_page_vec<T>(len: usize) -> Vec<T> {
+pub fn huge_page_vec<T>(len: usize) -> Vec<T> {
     let v = Vec::with_capacity(len);
     #[cfg(target_os = "linux")]
     {
