@@ -337,8 +337,10 @@ impl QMatrix {
         if bytes.len() != n * block_bytes {
             return Err(bad(format!("{} bytes for {n} {} blocks", bytes.len(), kind.name())).into());
         }
+        // On huge pages like the tiles (CPUs without VNNI run this layout).
         let blocks = match kind {
-            QuantKind::Q8_0 => Blocks::Q8(
+            QuantKind::Q8_0 => {
+                let mut v = huge_page_vec(n);
                 bytes
                     .par_chunks_exact(block_bytes)
                     .map(|b| {
@@ -348,9 +350,11 @@ impl QMatrix {
                         }
                         Q8Block { d: f16_at(b, 0), qs }
                     })
-                    .collect(),
-            ),
-            QuantKind::Q4K => Blocks::Q4K(
+                    .collect_into_vec(&mut v);
+                Blocks::Q8(v)
+            }
+            QuantKind::Q4K => {
+                let mut v = huge_page_vec(n);
                 bytes
                     .par_chunks_exact(block_bytes)
                     .map(|b| {
@@ -362,8 +366,9 @@ impl QMatrix {
                         qs.copy_from_slice(&b[16..144]);
                         Q4KBlock { d: f16_at(b, 0), dmin: f16_at(b, 2), sc, m, qs }
                     })
-                    .collect(),
-            ),
+                    .collect_into_vec(&mut v);
+                Blocks::Q4K(v)
+            }
         };
         Ok(QMatrix { rows, cols, blocks })
     }
