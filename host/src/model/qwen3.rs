@@ -352,9 +352,9 @@ pub(crate) struct Qwen3 {
 /// The KV cache's dtype for a model running in `dtype` on `device`. Quantized weights on the
 /// CPU compute in f32, but their cache is bf16 (`PIPEHOST_KV_CACHE=f32` keeps f32): the
 /// attention kernel widens it in registers, so a decode step reads half the bytes of K and V
-/// (at a 2,000-token context an f32 cache of the 0.6B shape is as big as its q4_k weights) and twice
-/// as many tokens fit the engine's KV budget. llama.cpp caches in f16 by default for the same
-/// reason; the error it adds is within the quantized formats' bounds (docs/model.md).
+/// (at a 2,000-token context an f32 cache of the 0.6B shape is as big as its q4_k weights),
+/// and twice as many tokens fit the engine's KV budget. llama.cpp caches in f16 by default for
+/// the same reason; the error it adds is within the quantized formats' bounds (docs/model.md).
 fn cache_dtype(dtype: DType, device: &Device, quantized: bool) -> DType {
     static F32: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let keep = *F32.get_or_init(|| std::env::var("PIPEHOST_KV_CACHE").is_ok_and(|v| v == "f32"));
